@@ -1,0 +1,3 @@
+from keras_dsd.metrics.latent_metrics import covariance_eigenvalues
+from keras_dsd.metrics.latent_metrics import effective_rank
+from keras_dsd.metrics.latent_metrics import latent_std

@@ -1,0 +1,609 @@
+import keras
+import numpy as np
+from keras import ops
+
+from keras_dsd import samplers
+from keras_dsd.backend import compile_inference_function
+from keras_dsd.metrics.latent_metrics import effective_rank
+from keras_dsd.metrics.latent_metrics import latent_std
+from keras_dsd.models import preset_utils
+from keras_dsd.models.dsd import objectives
+from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
+from keras_dsd.utils import validation
+
+TEACHERS = ("ema", "online")
+TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
+# Guard of `1 - t` when sampling. The samplers never evaluate the network at
+# t = 1, so with up to 1000 steps this never binds; the training weight's
+# `t_min` is not used here because it would stop the last step short of the
+# clean-latent prediction once the grid is finer than `1 / t_min` steps.
+SAMPLING_EPSILON = 1e-4
+
+
+@keras.saving.register_keras_serializable(package="keras_dsd")
+class DSDImageGenerator(keras.Model):
+    """Trains a `DSDBackbone` end-to-end and generates class-conditional images.
+
+    One network encodes, decodes and denoises. Each training step, for images
+    `x` and labels `y`:
+
+    ```
+    z1 = E(x)                            online latent (gradients flow)
+    z2 = stop_gradient(E_teacher(x))     target latent from the EMA teacher
+    L_rec  = mean |G(z1) - x|^2
+    z_t = t * z1 + (1 - t) * eps,        t ~ logit-normal, eps ~ N(0, I)
+    L_diff = mean w(t) |F(z_t, t, y) - z2|^2,  w(t) = 1 / max(1 - t, t_min)^2
+    loss = L_rec + diffusion_loss_weight * L_diff
+    ```
+
+    After every optimizer step the teacher and the sampling EMA move towards
+    the trained weights, `xi <- m_k * xi + (1 - m_k) * theta`, with the
+    warm-up `m_k = min(m, (1 + k) / (10 + k))` at optimizer step `k`.
+    `objective="naive"` and `"decoupled"` are the paper's ablations (see
+    `keras_dsd.models.dsd.objectives`).
+
+    Data for `fit()` yields `(images, labels)` or
+    `{"images": images, "labels": labels}`: uint8 images of the backbone's
+    size and int labels in `[0, num_classes)`. Every step logs `loss`,
+    `reconstruction_loss`, `diffusion_loss`, `latent_std` and
+    `latent_effective_rank` (the collapse alarm).
+
+    Args:
+        backbone: `keras_dsd.models.DSDBackbone`. The network.
+        objective: string. `"dsd"` (clean-latent prediction with a
+            stop-gradient target), `"decoupled"` (velocity prediction with a
+            stop-gradient target) or `"naive"` (velocity prediction, target
+            from the online latent). Defaults to `"dsd"`.
+        teacher: string. Where the target latent comes from: `"ema"` (an
+            EMA copy of the network) or `"online"` (the stop-gradient online
+            latent, SimSiam-like). Defaults to `"ema"`.
+        teacher_decay: float. EMA decay `m` of the teacher. Defaults to
+            `0.999`.
+        ema_decay: float or `None`. EMA decay of the sampling weights;
+            `None` samples from the trained weights. Defaults to `0.9999`.
+        ema_warmup: bool. Use the `(1 + k) / (10 + k)` warm-up for both
+            EMAs. Defaults to `True`.
+        diffusion_loss_weight: float. `lambda_diff`. Defaults to `1.0`.
+        t_min: float. Lower clamp of `1 - t` in the loss weight. Defaults to
+            `0.05`.
+        time_distribution: string. `"logit_normal"` or `"uniform"` training
+            times. Defaults to `"logit_normal"`.
+        time_mean: float. Mean of the logit-normal. Defaults to `0.0`.
+        time_std: float. Std of the logit-normal. Defaults to `1.0`.
+        label_dropout: float. Probability of replacing a label by the null
+            class in training, for classifier-free guidance. Defaults to `0`.
+        seed: int or `None`. Seed of the training noise and times.
+
+    Example:
+    ```python
+    backbone = keras_dsd.models.DSDBackbone.from_preset("dsd_tiny")
+    model = keras_dsd.models.DSDImageGenerator(backbone=backbone)
+    model.compile()
+    model.fit(dataset, epochs=1)
+    images = model.generate(class_labels=[0, 7], num_steps=16, seed=0)
+    ```
+
+    References:
+    - [Wang & Zhang, Diffusion As Self-Distillation](https://arxiv.org/abs/2511.14716)
+    """
+
+    def __init__(
+        self,
+        backbone,
+        objective="dsd",
+        teacher="ema",
+        teacher_decay=0.999,
+        ema_decay=0.9999,
+        ema_warmup=True,
+        diffusion_loss_weight=1.0,
+        t_min=0.05,
+        time_distribution="logit_normal",
+        time_mean=0.0,
+        time_std=1.0,
+        label_dropout=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        if not isinstance(backbone, DSDBackbone):
+            raise ValueError(
+                "`backbone` must be a keras_dsd.models.DSDBackbone; got "
+                f"{type(backbone).__name__}."
+            )
+        objectives.check_objective(objective)
+        validation.check_choice(teacher, TEACHERS, "teacher")
+        validation.check_choice(
+            time_distribution, TIME_DISTRIBUTIONS, "time_distribution"
+        )
+        _check_decay(teacher_decay, "teacher_decay")
+        if ema_decay is not None:
+            _check_decay(ema_decay, "ema_decay")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(
+                f"`label_dropout` must be in [0, 1), got {label_dropout!r}."
+            )
+        if not 0.0 < t_min < 1.0:
+            raise ValueError(f"`t_min` must be in (0, 1), got {t_min!r}.")
+        super().__init__(**kwargs)
+
+        # === Networks ===
+        self.backbone = backbone
+        uses_teacher = objectives.USES_TARGET_LATENT[objective]
+        self.teacher_backbone = (
+            _frozen_copy(backbone, "teacher_backbone")
+            if uses_teacher and teacher == "ema"
+            else None
+        )
+        self.ema_backbone = (
+            _frozen_copy(backbone, "ema_backbone")
+            if ema_decay is not None
+            else None
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+        # === Metrics ===
+        self.reconstruction_loss_tracker = keras.metrics.Mean(
+            name="reconstruction_loss"
+        )
+        self.diffusion_loss_tracker = keras.metrics.Mean(name="diffusion_loss")
+        self.latent_std_tracker = keras.metrics.Mean(name="latent_std")
+        self.latent_rank_tracker = keras.metrics.Mean(
+            name="latent_effective_rank"
+        )
+
+        # === Config ===
+        self.objective = objective
+        self.teacher = teacher
+        self.teacher_decay = teacher_decay
+        self.ema_decay = ema_decay
+        self.ema_warmup = ema_warmup
+        self.diffusion_loss_weight = diffusion_loss_weight
+        self.t_min = t_min
+        self.time_distribution = time_distribution
+        self.time_mean = time_mean
+        self.time_std = time_std
+        self.label_dropout = label_dropout
+        self.seed = seed
+        self._inference_functions = {}
+        self.built = True
+
+    @property
+    def inference_backbone(self):
+        """The weights used by `generate`, `encode` and `decode`: the
+        sampling EMA when there is one, else the trained network."""
+        return self.ema_backbone or self.backbone
+
+    # === Training ===
+    def compile(self, optimizer="auto", jit_compile="auto", **kwargs):
+        """Configures training with sensible defaults.
+
+        Args:
+            optimizer: `"auto"` (AdamW, learning rate 1e-4, no weight decay,
+                DiT's recipe) or any Keras optimizer.
+            jit_compile: `"auto"` compiles with XLA on JAX and TensorFlow and
+                runs PyTorch eagerly (`torch.compile` is slow to start).
+            **kwargs: passed to `keras.Model.compile`. No `loss` is needed:
+                the DSD objective is built in.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=1e-4, weight_decay=0.0
+            )
+        if jit_compile == "auto":
+            jit_compile = keras.backend.backend() != "torch"
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    def _preprocess(self, images):
+        """uint8-scale images in [0, 255] -> float32 in [-1, 1]."""
+        return ops.cast(images, "float32") / 127.5 - 1.0
+
+    def _split_batch(self, x, y):
+        if isinstance(x, dict):
+            return x["images"], x.get("labels", y)
+        return x, y
+
+    def call(self, inputs, training=False):
+        """The autoencoder pass: uint8-scale images (or a dict with
+        `"images"`) -> `{"latents", "reconstructions"}` (float32)."""
+        images, _ = self._split_batch(inputs, None)
+        latents = self.backbone.encode(self._preprocess(images))
+        return {
+            "latents": latents,
+            "reconstructions": self.backbone.decode(latents),
+        }
+
+    def _sample_time(self, batch_size):
+        if self.time_distribution == "uniform":
+            return keras.random.uniform(
+                (batch_size,), seed=self.seed_generator
+            )
+        normal = keras.random.normal((batch_size,), seed=self.seed_generator)
+        return ops.sigmoid(self.time_mean + self.time_std * normal)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        images, labels = self._split_batch(x, y)
+        if labels is None:
+            raise ValueError(
+                "DSDImageGenerator needs class labels: feed (images, labels) "
+                'or {"images": ..., "labels": ...}.'
+            )
+        if y_pred is None:
+            y_pred = self(images, training=training)
+        clean = self._preprocess(images)
+        online = y_pred["latents"]
+        reconstruction_loss = ops.mean(
+            ops.square(y_pred["reconstructions"] - clean)
+        )
+
+        batch_size = ops.shape(online)[0]
+        t = self._sample_time(batch_size)
+        noise = keras.random.normal(ops.shape(online), seed=self.seed_generator)
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        if training and self.label_dropout > 0:
+            drop = keras.random.uniform(
+                (batch_size,), seed=self.seed_generator
+            ) < self.label_dropout
+            labels = ops.where(drop, self.backbone.null_class, labels)
+        prediction = self.backbone.denoise(
+            objectives.noisy_latents(online, noise, t), t, labels
+        )
+        target = None
+        if objectives.USES_TARGET_LATENT[self.objective]:
+            if self.teacher_backbone is not None:
+                target = self.teacher_backbone.encode(clean)
+            else:
+                target = online
+        diffusion_loss = objectives.diffusion_loss(
+            self.objective, prediction, online, target, noise, t, self.t_min
+        )
+        loss = reconstruction_loss + self.diffusion_loss_weight * diffusion_loss
+
+        detached = ops.stop_gradient(online)
+        self.reconstruction_loss_tracker.update_state(reconstruction_loss)
+        self.diffusion_loss_tracker.update_state(diffusion_loss)
+        self.latent_std_tracker.update_state(latent_std(detached))
+        self.latent_rank_tracker.update_state(effective_rank(detached))
+        return loss
+
+    def train_step(self, *args):
+        # The teacher and the sampling EMA move after the optimizer step.
+        # The math is shared; only how variables are read and written differs
+        # (JAX training is stateless, so it edits the returned state).
+        if keras.backend.backend() == "jax":
+            state, data = args
+            logs, state = super().train_step(state, data)
+            return logs, self._update_shadows_in_state(state)
+        logs = super().train_step(*args)
+        for variable, value in self._shadow_updates(lambda v: v.value):
+            variable.assign(value)
+        return logs
+
+    def _shadows(self):
+        """(shadow network, decay) pairs that follow the trained weights."""
+        pairs = []
+        if self.teacher_backbone is not None:
+            pairs.append((self.teacher_backbone, self.teacher_decay))
+        if self.ema_backbone is not None:
+            pairs.append((self.ema_backbone, self.ema_decay))
+        return pairs
+
+    def _shadow_updates(self, read):
+        """New values of the shadow weights after an optimizer step.
+
+        `read(variable)` returns a variable's current value. Returns a list
+        of `(shadow_variable, new_value)`.
+        """
+        optimizer = self.optimizer
+        raw_iterations = ops.cast(read(optimizer._iterations), "float32")
+        accumulation = optimizer.gradient_accumulation_steps or 1
+        # `k`: optimizer updates done before the one that just happened.
+        k = ops.floor(raw_iterations / accumulation) - 1.0
+        applied = ops.equal(ops.mod(raw_iterations, accumulation), 0.0)
+        updates = []
+        for shadow, decay in self._shadows():
+            decay_k = ops.convert_to_tensor(decay, "float32")
+            if self.ema_warmup:
+                decay_k = ops.minimum(decay_k, (1.0 + k) / (10.0 + k))
+            decay_k = ops.where(applied, decay_k, 1.0)
+            for target, source in zip(shadow.weights, self.backbone.weights):
+                old = ops.cast(read(target), "float32")
+                new = ops.stop_gradient(ops.cast(read(source), "float32"))
+                value = decay_k * old + (1.0 - decay_k) * new
+                updates.append((target, ops.cast(value, target.dtype)))
+        return updates
+
+    def _update_shadows_in_state(self, state):
+        trainable, non_trainable, optimizer_values, metrics = state
+        values = {}
+        for variables, current in (
+            (self.trainable_variables, trainable),
+            (self.non_trainable_variables, non_trainable),
+            (self.optimizer.variables, optimizer_values),
+        ):
+            values.update({id(v): val for v, val in zip(variables, current)})
+        index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
+        non_trainable = list(non_trainable)
+        for variable, value in self._shadow_updates(lambda v: values[id(v)]):
+            non_trainable[index[id(variable)]] = value
+        return trainable, non_trainable, optimizer_values, metrics
+
+    def fit(self, x=None, y=None, **kwargs):
+        """`keras.Model.fit`, after checking the first batch of data.
+
+        Numpy inputs are checked in full; a `tf.data.Dataset`, a
+        `keras.utils.PyDataset` or a `torch.utils.data.DataLoader` by its
+        first batch, so that a wrong image size, dtype, value range or label
+        fails with a clear message instead of inside the compiled step.
+        """
+        self._check_training_data(x, y)
+        return super().fit(x=x, y=y, **kwargs)
+
+    def _check_training_data(self, x, y):
+        batch = _first_batch(x, y)
+        if batch is None:
+            return
+        images, labels = batch
+        validation.check_images(
+            images, self.backbone.image_size, self.backbone.patch_size
+        )
+        if labels is None:
+            raise ValueError(
+                "DSDImageGenerator.fit needs class labels: pass "
+                '(images, labels) or {"images": ..., "labels": ...}.'
+            )
+        labels = validation.check_labels(
+            labels, self.backbone.num_classes, name="labels"
+        )
+        if len(labels) != len(images):
+            raise ValueError(
+                f"`labels` has {len(labels)} entries for {len(images)} images."
+            )
+
+    # === Generation ===
+    def _inference_function(self, key, fn):
+        if key not in self._inference_functions:
+            self._inference_functions[key] = compile_inference_function(
+                fn, self.inference_backbone.variables
+            )
+        return self._inference_functions[key]
+
+    def generate_step(self, noise, labels, num_steps=32, sampler="heun",
+                      guidance_scale=None, time_shift=1.0):
+        """Noise `(B, N, c)` and labels `(B,)` -> `{"images", "latents"}`:
+        float32 images in about `[-1, 1]` and the sampled latents.
+
+        A pure function of the inference weights and its inputs, suitable
+        for compilation. See `generate` for the arguments.
+        """
+        network = self.inference_backbone
+        timesteps = samplers.time_grid(num_steps, time_shift)
+        null = ops.full_like(labels, network.null_class)
+
+        def velocity(z, t):
+            if guidance_scale is None:
+                batch_t = ops.full((ops.shape(z)[0],), t)
+                prediction = network.denoise(z, batch_t, labels)
+                return objectives.velocity_from_prediction(
+                    self.objective, prediction, z, batch_t, SAMPLING_EPSILON
+                )
+            both = ops.concatenate([z, z], axis=0)
+            batch_t = ops.full((ops.shape(both)[0],), t)
+            prediction = network.denoise(
+                both, batch_t, ops.concatenate([labels, null], axis=0)
+            )
+            v = objectives.velocity_from_prediction(
+                self.objective, prediction, both, batch_t, SAMPLING_EPSILON
+            )
+            conditional, unconditional = ops.split(v, 2, axis=0)
+            return unconditional + guidance_scale * (
+                conditional - unconditional
+            )
+
+        latents = samplers.get(sampler)(velocity, noise, timesteps)
+        return {"images": network.decode(latents), "latents": latents}
+
+    def generate(self, class_labels, num_steps=32, sampler="heun", seed=None,
+                 guidance_scale=None, time_shift=1.0, batch_size=64,
+                 return_latents=False):
+        """Generates class-conditional images with the sampling-EMA weights.
+
+        Integrates the probability-flow ODE from Gaussian noise at `t = 0` to
+        `t = 1` on a fixed time grid in one compiled program, then decodes
+        with the same network.
+
+        Args:
+            class_labels: int or sequence of ints in `[0, num_classes)`: one
+                image per label.
+            num_steps: int. ODE steps. Network evaluations (NFE): `num_steps`
+                for Euler, `2 * num_steps - 1` for Heun
+                (`keras_dsd.samplers.num_function_evaluations`). Defaults to
+                `32`.
+            sampler: string. `"heun"` or `"euler"`. Defaults to `"heun"`.
+            seed: int or `None`. The initial noise is drawn with numpy from
+                this seed, so a seed gives the same images on every backend
+                (up to floating-point differences).
+            guidance_scale: float or `None`. Classifier-free guidance scale;
+                `None` (the default, as in the paper's results) runs no
+                guidance. Meaningful only for models trained with
+                `label_dropout > 0`.
+            time_shift: float. Time-grid shift; `1` is uniform, larger
+                values spend more steps at high noise. Defaults to `1.0`.
+            batch_size: int. Images per compiled call. Defaults to `64`.
+            return_latents: bool. Also return the sampled latents.
+
+        Returns:
+            uint8 numpy array `(len(class_labels), H, W, 3)`, and the float32
+            latents if `return_latents`.
+        """
+        network = self.inference_backbone
+        labels = validation.check_labels(class_labels, network.num_classes)
+        num_steps = samplers.check_num_steps(num_steps)
+        samplers.get(sampler)
+        samplers.time_grid(num_steps, time_shift)
+        batch_size = validation.check_positive_int(batch_size, "batch_size")
+        if guidance_scale is not None and not np.isfinite(guidance_scale):
+            raise ValueError(
+                f"`guidance_scale` must be a finite float or None, got "
+                f"{guidance_scale!r}."
+            )
+        noise = np.random.default_rng(seed).standard_normal(
+            (len(labels), *network.latent_shape)
+        ).astype("float32")
+
+        def step(noise, labels):
+            outputs = self.generate_step(
+                noise, labels, num_steps, sampler, guidance_scale, time_shift
+            )
+            return outputs["images"], outputs["latents"]
+
+        key = ("generate", num_steps, sampler, guidance_scale, time_shift)
+        images, latents = _batched(
+            self._inference_function(key, step), (noise, labels), batch_size
+        )
+        images = _to_uint8(images)
+        return (images, latents) if return_latents else images
+
+    def encode(self, images, batch_size=64):
+        """uint8 images `(B, H, W, 3)` -> float32 latents `(B, N, c)`."""
+        network = self.inference_backbone
+        images = validation.check_images(
+            images, network.image_size, network.patch_size
+        )
+        fn = self._inference_function(
+            "encode", lambda x: network.encode(self._preprocess(x))
+        )
+        return _batched(fn, (images,), batch_size)
+
+    def decode(self, latents, batch_size=64):
+        """Latents `(B, N, c)` -> uint8 images `(B, H, W, 3)`."""
+        network = self.inference_backbone
+        latents = validation.check_latents(latents, network.latent_shape)
+        fn = self._inference_function("decode", network.decode)
+        return _to_uint8(_batched(fn, (latents,), batch_size))
+
+    # === Saving ===
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "objective": self.objective,
+            "teacher": self.teacher,
+            "teacher_decay": self.teacher_decay,
+            "ema_decay": self.ema_decay,
+            "ema_warmup": self.ema_warmup,
+            "diffusion_loss_weight": self.diffusion_loss_weight,
+            "t_min": self.t_min,
+            "time_distribution": self.time_distribution,
+            "time_mean": self.time_mean,
+            "time_std": self.time_std,
+            "label_dropout": self.label_dropout,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config["backbone"], dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(
+                config["backbone"]
+            )
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Builds the task from a built-in preset name or a preset folder.
+
+        A built-in name (`"dsd_tiny"`, `"dsd_s"`, `"dsd_m"`, `"dsd_b"`) gives
+        a fresh network (no weights are ever downloaded). A folder written by
+        `save_to_preset` restores the task's config and all its weights,
+        teacher and sampling EMA included. `**kwargs` override task
+        arguments, e.g. `objective="naive"`.
+        """
+        return preset_utils.load_task(
+            cls, DSDBackbone, preset, load_weights, **kwargs
+        )
+
+    def save_to_preset(self, preset_dir):
+        """Writes the backbone files and `task.json` / `task.weights.h5`."""
+        preset_utils.save_task(self, preset_dir)
+
+
+def _check_decay(value, name):
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1), got {name}={value!r}.")
+
+
+def _frozen_copy(backbone, name):
+    """A non-trainable copy of `backbone` with its own weight buffers."""
+    copy = backbone.__class__.from_config({**backbone.get_config(), "name": name})
+    for target, source in zip(copy.weights, backbone.weights):
+        # Copy through numpy so that no two variables share a buffer (JAX
+        # donates the training state's buffers).
+        target.assign(np.array(ops.convert_to_numpy(source)))
+    copy.trainable = False
+    return copy
+
+
+def _to_uint8(images):
+    images = np.clip(np.asarray(images, "float32"), -1.0, 1.0)
+    return np.round((images + 1.0) * 127.5).astype("uint8")
+
+
+def _batched(fn, arrays, batch_size):
+    """Runs `fn` over fixed-size batches (the last one padded), so that the
+    compiled program sees a single shape, and concatenates the outputs."""
+    total = len(arrays[0])
+    if total == 0:
+        raise ValueError("Nothing to process: got an empty batch.")
+    batch_size = min(batch_size, total)
+    outputs = []
+    for start in range(0, total, batch_size):
+        chunk = [a[start:start + batch_size] for a in arrays]
+        real = len(chunk[0])
+        if real < batch_size:
+            chunk = [
+                np.concatenate([c, np.repeat(c[-1:], batch_size - real, 0)])
+                for c in chunk
+            ]
+        result = fn(*chunk)
+        outputs.append(keras.tree.map_structure(lambda r: r[:real], result))
+    if isinstance(outputs[0], (tuple, list)):
+        return tuple(
+            np.concatenate([o[i] for o in outputs])
+            for i in range(len(outputs[0]))
+        )
+    return np.concatenate(outputs)
+
+
+def _first_batch(x, y):
+    """The first `(images, labels)` of fit's input, or `None` if it cannot
+    be read without consuming it (a plain Python generator)."""
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return x.get("images"), x.get("labels", y)
+    if isinstance(x, np.ndarray) or (y is not None and hasattr(x, "shape")):
+        return x, y
+    element = None
+    try:
+        import tensorflow as tf
+
+        if isinstance(x, tf.data.Dataset):
+            for element in x.take(1):
+                break
+            element = keras.tree.map_structure(lambda t: t.numpy(), element)
+    except ImportError:
+        pass
+    if element is None and isinstance(x, keras.utils.PyDataset):
+        element = x[0]
+    if element is None and type(x).__name__ == "DataLoader":
+        element = next(iter(x))
+    if element is None:
+        return None
+    if isinstance(element, dict):
+        return element.get("images"), element.get("labels")
+    if isinstance(element, (tuple, list)) and len(element) >= 2:
+        return element[0], element[1]
+    return element, None
