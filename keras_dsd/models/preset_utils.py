@@ -49,7 +49,8 @@ def check_preset(preset):
 
 def _atomic_write(path, write_fn):
     directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
+    # Keep the full extension: Keras insists on `.weights.h5`.
+    suffix = "." + os.path.basename(path).split(".", 1)[-1]
     handle, tmp_path = tempfile.mkstemp(
         dir=directory, prefix=".tmp-", suffix=suffix
     )

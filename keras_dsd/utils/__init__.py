@@ -1,0 +1,2 @@
+from keras_dsd.utils import image_grid
+from keras_dsd.utils import validation
