@@ -35,6 +35,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--preset", default="dsd_tiny",
                         help="Backbone preset (32x32 images, 10 classes).")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="Override the preset's patch size (must "
+                             "divide 32).")
+    parser.add_argument("--latent-channels", type=int, default=None,
+                        help="Override the preset's latent channels c.")
     parser.add_argument("--objective", default="dsd",
                         choices=["dsd", "decoupled", "naive"],
                         help="Training objective (naive/decoupled are the "
@@ -45,8 +50,8 @@ def parse_args(argv=None):
                              "first.")
     parser.add_argument("--epochs", type=int, default=200,
                         help="Maximum number of epochs over the 5,000 digits.")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=2e-3,
                         help="Peak AdamW learning rate.")
     parser.add_argument("--warmup-steps", type=int, default=100,
                         help="Linear learning-rate warm-up.")
@@ -54,6 +59,12 @@ def parse_args(argv=None):
                         help="EMA decay of the teacher (with warm-up).")
     parser.add_argument("--ema-decay", type=float, default=0.9999,
                         help="EMA decay of the sampling weights (warm-up).")
+    parser.add_argument("--t-min", type=float, default=0.05,
+                        help="Clamp of 1 - t in the loss weight "
+                             "1 / max(1 - t, t_min)^2.")
+    parser.add_argument("--time-distribution", default="logit_normal",
+                        choices=["logit_normal", "uniform"],
+                        help="Distribution of the training times t.")
     parser.add_argument("--sampler", default="heun",
                         choices=sorted(keras_dsd.samplers.SAMPLERS))
     parser.add_argument("--num-steps", type=int, default=16,
@@ -74,10 +85,22 @@ def parse_args(argv=None):
 
 
 def build_model(args, steps_per_epoch):
-    backbone = keras_dsd.models.DSDBackbone.from_preset(args.preset)
+    overrides = {
+        name: value
+        for name, value in (
+            ("patch_size", args.patch_size),
+            ("latent_channels", args.latent_channels),
+        )
+        if value is not None
+    }
+    backbone = keras_dsd.models.DSDBackbone.from_preset(
+        args.preset, **overrides
+    )
     model = keras_dsd.models.DSDImageGenerator(
         backbone=backbone,
         objective=args.objective,
+        t_min=args.t_min,
+        time_distribution=args.time_distribution,
         teacher_decay=args.teacher_decay,
         ema_decay=args.ema_decay,
         seed=args.seed,

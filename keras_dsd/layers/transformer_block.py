@@ -120,7 +120,9 @@ class DSDTransformerBlock(keras.layers.Layer):
         self.mlp_output = keras.layers.Dense(
             self.hidden_dim, dtype=self.dtype_policy, name="mlp_output"
         )
-        self.mlp_output.build((None, None, int(self.hidden_dim * self.mlp_ratio)))
+        self.mlp_output.build(
+            (None, None, int(self.hidden_dim * self.mlp_ratio))
+        )
 
     def call(self, tokens, conditioning):
         normed, gate = self.attention_norm(tokens, conditioning)

@@ -25,9 +25,9 @@ class DSDBackbone(keras.Model):
 
     | role | input | conditioning | head |
     |---|---|---|---|
-    | `encode(x)` | pixel patches + positions | role | Dense -> c, LayerNorm |
-    | `decode(z)` | Dense c -> D + positions | role | Dense -> p*p*3 |
-    | `denoise(z_t, t, y)` | Dense c -> D + positions | role + t + y | Dense -> c |
+    | `encode(x)` | pixel patches + pos. | role | Dense -> c, LayerNorm |
+    | `decode(z)` | Dense c -> D + pos. | role | Dense -> p*p*3 |
+    | `denoise(z_t, t, y)` | Dense c -> D + pos. | role + t + y | Dense -> c |
 
     Images inside the backbone are floats in `[-1, 1]`, shape
     `(B, image_size, image_size, 3)`; latents are `(B, N, latent_channels)`
@@ -59,7 +59,7 @@ class DSDBackbone(keras.Model):
     ```python
     backbone = keras_dsd.models.DSDBackbone.from_preset("dsd_tiny")
     images = np.zeros((2, 32, 32, 3), "float32")
-    latents = backbone.encode(images)             # (2, 64, 8)
+    latents = backbone.encode(images)             # (2, 16, 8)
     reconstructions = backbone.decode(latents)    # (2, 32, 32, 3)
     clean = backbone.denoise(latents, np.full((2,), 0.5), np.array([1, 2]))
     ```
@@ -229,7 +229,8 @@ class DSDBackbone(keras.Model):
         return self.denoiser_head(tokens, conditioning)
 
     def encode(self, images):
-        """Images in `[-1, 1]`, `(B, H, W, 3)` -> float32 latents `(B, N, c)`."""
+        """Images in `[-1, 1]`, `(B, H, W, 3)` -> float32 latents
+        `(B, N, c)`."""
         return ops.cast(self._encode(images), "float32")
 
     def decode(self, latents):

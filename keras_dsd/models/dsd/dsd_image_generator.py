@@ -537,7 +537,8 @@ def _check_decay(value, name):
 
 def _frozen_copy(backbone, name):
     """A non-trainable copy of `backbone` with its own weight buffers."""
-    copy = backbone.__class__.from_config({**backbone.get_config(), "name": name})
+    config = {**backbone.get_config(), "name": name}
+    copy = backbone.__class__.from_config(config)
     for target, source in zip(copy.weights, backbone.weights):
         # Copy through numpy so that no two variables share a buffer (JAX
         # donates the training state's buffers).

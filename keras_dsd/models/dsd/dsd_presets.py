@@ -9,15 +9,18 @@ backbone_presets = {
     "dsd_tiny": {
         "metadata": {
             "description": (
-                "Under 2M parameters, 32x32 images, patch 4, 10 classes. For "
-                "CPU tests and the embedded MNIST-digits demo."
+                "Under 2M parameters, 32x32 images, patch 8, 10 classes. For "
+                "CPU tests and the embedded MNIST-digits demo. Patch 8 with "
+                "8 latent channels keeps the paper's 24x compression "
+                "(16x16x3 -> 32 at 256px) and makes a CPU step 3-4x "
+                "cheaper than patch 4."
             ),
-            "params": 1_353_280,
+            "params": 1_390_288,
             "paper_params": None,
         },
         "config": {
             "image_size": 32,
-            "patch_size": 4,
+            "patch_size": 8,
             "latent_channels": 8,
             "hidden_dim": 128,
             "num_layers": 4,

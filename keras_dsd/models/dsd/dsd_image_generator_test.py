@@ -1,0 +1,658 @@
+import os
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from keras_dsd import samplers
+from keras_dsd.models.dsd import objectives
+from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
+from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
+from keras_dsd.utils import test_utils
+
+LOG_KEYS = {
+    "loss",
+    "reconstruction_loss",
+    "diffusion_loss",
+    "latent_std",
+    "latent_effective_rank",
+}
+BACKEND = keras.backend.backend()
+
+
+# Every fit uses batches of 2 images: uncompiled JAX compiles each op once
+# per shape, so one batch shape keeps the whole file fast.
+BATCH_SIZE = 2
+
+
+def _data(num_images=BATCH_SIZE, seed=0):
+    return (
+        test_utils.random_images(num_images, seed=seed),
+        test_utils.random_labels(num_images, seed=seed),
+    )
+
+
+def _random_backbone(seed=1):
+    return test_utils.randomize_weights(
+        test_utils.tiny_backbone(), seed=seed, stddev=0.2
+    )
+
+
+def _model(backbone=None, **kwargs):
+    kwargs = {"teacher_decay": 0.5, "ema_decay": 0.9, "seed": 0, **kwargs}
+    return DSDImageGenerator(backbone or _random_backbone(), **kwargs)
+
+
+def _compile_fast(model, **kwargs):
+    # One XLA compilation of the train step costs 10-30 s on a small CPU,
+    # so most tests train eagerly; `trained` (below) covers the compiled
+    # defaults.
+    model.compile(jit_compile=False, run_eagerly=True, **kwargs)
+    return model
+
+
+def _fit(model, x, y=None, **kwargs):
+    kwargs = {"batch_size": BATCH_SIZE, "epochs": 1, "verbose": 0,
+              "shuffle": False, **kwargs}
+    return model.fit(x, y, **kwargs)
+
+
+def _assert_finite_logs(history, diffusion_loss_weight=1.0):
+    logs = {k: v[-1] for k, v in history.history.items()}
+    assert LOG_KEYS <= set(logs)
+    for key in LOG_KEYS:
+        assert np.isfinite(logs[key]), (key, logs)
+    assert 1.0 - 1e-3 <= logs["latent_effective_rank"] <= 4.0 + 1e-3
+    assert logs["latent_std"] > 0
+    # One step: the logged loss is the sum of its two terms.
+    np.testing.assert_allclose(
+        logs["loss"],
+        logs["reconstruction_loss"]
+        + diffusion_loss_weight * logs["diffusion_loss"],
+        rtol=1e-4,
+    )
+    return logs
+
+
+def _weights_equal(a, b):
+    return len(a) == len(b) and all(
+        np.array_equal(x, y) for x, y in zip(a, b)
+    )
+
+
+def _numpy_ema(initial, updates, decay):
+    """EMA with the warm-up `min(m, (1 + k) / (10 + k))` at update `k`."""
+    shadow = [w.astype("float64") for w in initial]
+    for k, weights in enumerate(updates):
+        d = min(decay, (1.0 + k) / (10.0 + k))
+        shadow = [d * s + (1.0 - d) * w for s, w in zip(shadow, weights)]
+    return shadow
+
+
+def _assert_weights_close(actual, expected, atol=1e-5):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, atol=atol, rtol=0)
+
+
+class RecordWeights(keras.callbacks.Callback):
+    """Records the trained network's weights after every batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weights.append(self.model.backbone.get_weights())
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A model trained for one step with the `compile()` defaults (XLA on
+    JAX and TensorFlow). Tests only read it."""
+    keras.utils.set_random_seed(0)
+    backbone = _random_backbone()
+    initial = backbone.get_weights()
+    model = _model(backbone)
+    model.compile()
+    images, labels = _data()
+    history = _fit(model, images, labels)
+    return types.SimpleNamespace(
+        model=model, history=history, initial=initial, images=images,
+        labels=labels,
+    )
+
+
+# === Construction ===
+
+
+def test_networks_per_objective_and_teacher():
+    backbone = test_utils.tiny_backbone()
+    model = DSDImageGenerator(backbone)
+    assert model.objective == "dsd" and model.teacher == "ema"
+    assert isinstance(model.teacher_backbone, DSDBackbone)
+    assert model.inference_backbone is model.ema_backbone
+    # The copies start equal to the network but own separate variables.
+    for copy in (model.teacher_backbone, model.ema_backbone):
+        assert copy is not backbone
+        assert not copy.trainable
+        assert _weights_equal(copy.get_weights(), backbone.get_weights())
+    assert set(map(id, model.trainable_variables)) == set(
+        map(id, backbone.trainable_variables)
+    )
+
+    online = DSDImageGenerator(backbone, teacher="online", ema_decay=None)
+    assert online.teacher_backbone is None and online.ema_backbone is None
+    assert online.inference_backbone is backbone
+    # The naive mode reads no target latent, so it needs no teacher.
+    naive = DSDImageGenerator(backbone, objective="naive")
+    assert naive.teacher_backbone is None
+
+
+def test_config_round_trip():
+    model = _model(
+        objective="decoupled", teacher="online", label_dropout=0.1,
+        time_distribution="uniform", t_min=0.1,
+    )
+    config = model.get_config()
+    restored = DSDImageGenerator.from_config(config)
+    assert restored.get_config() == config
+    assert restored.backbone.get_config() == model.backbone.get_config()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Library bug in DSDBackbone (see dsd_backbone_test): the backbone's "
+        "dtype policy is dropped by keras.Model's functional __init__, so "
+        "_frozen_copy() builds float32 teacher/EMA copies of a "
+        "mixed_bfloat16 backbone."
+    ),
+)
+def test_mixed_precision_copies_keep_the_policy():
+    backbone = test_utils.tiny_backbone(dtype="mixed_bfloat16")
+    model = DSDImageGenerator(backbone)
+    for copy in (model.teacher_backbone, model.ema_backbone):
+        assert copy.transformer_blocks[0].compute_dtype == "bfloat16"
+
+
+# === Training ===
+
+
+@pytest.mark.parametrize("teacher", ["ema", "online"])
+@pytest.mark.parametrize("objective", ["naive", "decoupled", "dsd"])
+def test_one_step_fit(objective, teacher):
+    model = _compile_fast(_model(objective=objective, teacher=teacher))
+    images, labels = _data()
+    before = model.backbone.get_weights()
+    history = _fit(model, images, labels)
+    _assert_finite_logs(history)
+    assert not _weights_equal(model.backbone.get_weights(), before)
+
+
+def test_fit_with_dict_input():
+    model = _compile_fast(
+        _model(
+            label_dropout=0.5, time_distribution="uniform",
+            diffusion_loss_weight=2.0,
+        )
+    )
+    images, labels = _data(4)
+    callback = RecordWeights()
+    history = _fit(model, {"images": images, "labels": labels},
+                   callbacks=[callback])
+    assert len(callback.weights) == 2
+    # Two steps: the logs are means over the epoch, still loss = sum.
+    _assert_finite_logs(history, diffusion_loss_weight=2.0)
+
+
+def test_fit_with_tf_data():
+    import tensorflow as tf
+
+    images, labels = _data(4)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.batch(BATCH_SIZE)
+    model = _compile_fast(_model())
+    callback = RecordWeights()
+    history = model.fit(dataset, epochs=1, verbose=0, callbacks=[callback])
+    _assert_finite_logs(history)
+    assert len(callback.weights) == 2
+
+
+def test_compile_defaults(trained):
+    model = trained.model
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        1e-4,
+    )
+    assert model.jit_compile == (BACKEND != "torch")
+    _assert_finite_logs(trained.history)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow only")
+def test_fit_under_tensorflow_xla(trained):
+    assert trained.model.jit_compile is True
+    assert trained.model.optimizer.iterations.numpy() == 1
+    _assert_finite_logs(trained.history)
+
+
+def test_ema_after_one_compiled_step(trained):
+    # Step k = 0: decay min(m, 1 / 10) = 0.1 for both the teacher (m = 0.5)
+    # and the sampling EMA (m = 0.9).
+    model = trained.model
+    expected = _numpy_ema(trained.initial, [model.backbone.get_weights()], 0.5)
+    _assert_weights_close(model.teacher_backbone.get_weights(), expected)
+    _assert_weights_close(model.ema_backbone.get_weights(), expected)
+
+
+def test_ema_after_three_steps():
+    # teacher_decay=0.15 binds from step 1 on (0.1, 0.15, 0.15) while
+    # ema_decay=0.9 stays in the warm-up (0.1, 2/11, 3/12).
+    backbone = _random_backbone()
+    initial = backbone.get_weights()
+    model = _model(backbone, teacher_decay=0.15, ema_decay=0.9)
+    _compile_fast(
+        model,
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-2, weight_decay=0),
+    )
+    images, labels = _data(6)
+    callback = RecordWeights()
+    _fit(model, images, labels, callbacks=[callback])
+    assert len(callback.weights) == 3
+    trained_weights = callback.weights
+    assert not _weights_equal(trained_weights[0], initial)
+    assert not _weights_equal(trained_weights[2], trained_weights[1])
+    teacher = _numpy_ema(initial, trained_weights, 0.15)
+    ema = _numpy_ema(initial, trained_weights, 0.9)
+    _assert_weights_close(model.teacher_backbone.get_weights(), teacher)
+    _assert_weights_close(model.ema_backbone.get_weights(), ema)
+    # The two decays give different results, so each was applied.
+    assert max(np.abs(t - e).max() for t, e in zip(teacher, ema)) > 1e-3
+
+
+def test_ema_without_warmup():
+    backbone = _random_backbone()
+    initial = backbone.get_weights()
+    model = _model(backbone, teacher_decay=0.5, ema_decay=0.8,
+                   ema_warmup=False)
+    _compile_fast(
+        model,
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-2, weight_decay=0),
+    )
+    images, labels = _data(4)
+    callback = RecordWeights()
+    _fit(model, images, labels, callbacks=[callback])
+    for shadow, decay in ((model.teacher_backbone, 0.5),
+                          (model.ema_backbone, 0.8)):
+        expected = [w.astype("float64") for w in initial]
+        for weights in callback.weights:
+            expected = [decay * s + (1 - decay) * w
+                        for s, w in zip(expected, weights)]
+        _assert_weights_close(shadow.get_weights(), expected)
+
+
+def test_ema_with_gradient_accumulation():
+    backbone = _random_backbone()
+    initial = backbone.get_weights()
+    model = _model(backbone, teacher_decay=0.15, ema_decay=0.9)
+    _compile_fast(
+        model,
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=1e-2, weight_decay=0, gradient_accumulation_steps=2
+        ),
+    )
+    images, labels = _data(8)
+    callback = RecordWeights()
+    _fit(model, images, labels, callbacks=[callback])
+    weights = callback.weights
+    assert len(weights) == 4
+    # The network only moves on the update steps (batches 2 and 4) ...
+    assert _weights_equal(weights[0], initial)
+    assert not _weights_equal(weights[1], weights[0])
+    assert _weights_equal(weights[2], weights[1])
+    assert not _weights_equal(weights[3], weights[2])
+    # ... and the EMAs are updated exactly twice, with k = 0 and k = 1.
+    updates = [weights[1], weights[3]]
+    _assert_weights_close(
+        model.teacher_backbone.get_weights(),
+        _numpy_ema(initial, updates, 0.15),
+    )
+    _assert_weights_close(
+        model.ema_backbone.get_weights(), _numpy_ema(initial, updates, 0.9)
+    )
+
+
+def test_online_teacher_trains_without_copies():
+    model = _compile_fast(_model(teacher="online", ema_decay=None))
+    images, labels = _data()
+    history = _fit(model, images, labels)
+    _assert_finite_logs(history)
+    assert model.teacher_backbone is None and model.ema_backbone is None
+
+
+# === Generation ===
+# Every generate call below uses 2 labels and 2 steps where it can, so that
+# the compiled sampling programs are shared between tests.
+LABELS = [0, 2]
+
+
+def test_generate_shape_dtype_and_determinism(trained):
+    model = trained.model
+    images = model.generate(LABELS, num_steps=2, seed=7)
+    assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
+    again = model.generate(LABELS, num_steps=2, seed=7)
+    np.testing.assert_array_equal(images, again)
+    other = model.generate(LABELS, num_steps=2, seed=8)
+    assert not np.array_equal(images, other)
+    # The default seed draws fresh noise.
+    assert not np.array_equal(
+        model.generate(LABELS, num_steps=2),
+        model.generate(LABELS, num_steps=2),
+    )
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_generate_matches_an_independent_sampling_loop(trained, sampler):
+    # The documented recipe, rebuilt from public pieces: numpy noise from
+    # the seed, the fixed time grid, the clean-latent velocity of the
+    # sampling-EMA network, the sampler, then decode and map to uint8.
+    model = trained.model
+    labels = np.array(LABELS, "int32")
+    images, latents = model.generate(
+        labels, num_steps=2, sampler=sampler, seed=3, return_latents=True
+    )
+    assert latents.shape == (2, 4, 4) and latents.dtype == np.float32
+    network = model.ema_backbone
+    noise = np.random.default_rng(3).standard_normal((2, 4, 4))
+
+    def velocity(z, t):
+        batch_t = keras.ops.full((2,), t)
+        prediction = network.denoise(z, batch_t, labels)
+        return objectives.velocity_from_prediction(
+            "dsd", prediction, z, batch_t, 1e-4
+        )
+
+    with test_utils.eager_loops():
+        expected = samplers.get(sampler)(
+            velocity,
+            keras.ops.convert_to_tensor(noise.astype("float32")),
+            samplers.time_grid(2),
+        )
+        expected = test_utils.to_numpy(expected)
+        decoded = test_utils.to_numpy(network.decode(expected))
+    np.testing.assert_allclose(latents, expected, atol=1e-4)
+    expected_images = np.round((np.clip(decoded, -1, 1) + 1) * 127.5)
+    # Allow one grey level for rounding at a .5 boundary.
+    assert np.abs(images.astype(int) - expected_images).max() <= 1
+    assert len(np.unique(images)) > 10  # not a constant image
+
+
+def test_generate_samplers_and_guidance(trained):
+    model = trained.model
+    kwargs = {"num_steps": 2, "seed": 0, "return_latents": True}
+    _, euler = model.generate(LABELS, sampler="euler", **kwargs)
+    _, heun = model.generate(LABELS, sampler="heun", **kwargs)
+    assert not np.allclose(euler, heun)
+    guided_images, guided = model.generate(
+        LABELS, sampler="euler", guidance_scale=2.0, **kwargs
+    )
+    assert guided_images.shape == (2, 8, 8, 3)
+    assert guided_images.dtype == np.uint8
+    assert np.all(np.isfinite(guided))
+    assert not np.allclose(guided, euler)
+    # Scale 1: v_u + 1 * (v_c - v_u) = v_c, i.e. no guidance.
+    _, unit = model.generate(
+        LABELS, sampler="euler", guidance_scale=1.0, **kwargs
+    )
+    np.testing.assert_allclose(unit, euler, atol=1e-4)
+
+
+def test_generate_in_batches(trained):
+    # numpy fills the noise in order, so the first two images of a seed's
+    # three are the two images of the same seed: batching (with a padded
+    # last batch) must not change them.
+    model = trained.model
+    kwargs = {"num_steps": 2, "seed": 5, "return_latents": True}
+    _, two = model.generate(LABELS, **kwargs)
+    _, three = model.generate([*LABELS, 1], batch_size=2, **kwargs)
+    assert three.shape == (3, 4, 4)
+    np.testing.assert_allclose(three[:2], two, atol=1e-6)
+    assert np.all(np.isfinite(three[2]))
+    assert not np.allclose(three[2], three[0])
+
+
+def test_generate_without_ema_uses_trained_weights():
+    backbone = _random_backbone()
+    model = _model(backbone, ema_decay=None)
+    assert model.inference_backbone is backbone
+    _, latents = model.generate(LABELS, num_steps=1, sampler="euler", seed=0,
+                                return_latents=True)
+    # One Euler step from t = 0 lands on the network's clean-latent
+    # prediction for the noise.
+    noise = np.random.default_rng(0).standard_normal((2, 4, 4))
+    expected = backbone.denoise(
+        noise.astype("float32"), np.zeros((2,)), np.array(LABELS)
+    )
+    np.testing.assert_allclose(
+        latents, test_utils.to_numpy(expected), atol=1e-4
+    )
+
+
+# === Encode / decode ===
+
+
+def test_encode_decode(trained):
+    model = trained.model
+    images = _data(3)[0]
+    latents = model.encode(images, batch_size=2)
+    assert latents.shape == (3, 4, 4) and latents.dtype == np.float32
+    expected = model.ema_backbone.encode(images.astype("float32") / 127.5 - 1)
+    np.testing.assert_allclose(
+        latents, test_utils.to_numpy(expected), atol=1e-5
+    )
+    decoded = model.decode(latents, batch_size=2)
+    assert decoded.shape == (3, 8, 8, 3) and decoded.dtype == np.uint8
+    # `call` is the training-time autoencoder pass with the trained network.
+    outputs = model(images)
+    assert tuple(outputs["latents"].shape) == (3, 4, 4)
+    assert tuple(outputs["reconstructions"].shape) == (3, 8, 8, 3)
+
+
+def test_decode_checks_latents(trained):
+    with pytest.raises(ValueError, match="`latents`"):
+        trained.model.decode(np.zeros((2, 5, 4), "float32"))
+    with pytest.raises(ValueError, match="`latents`"):
+        trained.model.decode(np.zeros((2, 4, 4), "int32"))
+
+
+# === Saving ===
+
+
+def _assert_same_model(restored, model):
+    assert type(restored) is DSDImageGenerator
+    assert restored.get_config() == model.get_config()
+    for name in ("backbone", "teacher_backbone", "ema_backbone"):
+        assert _weights_equal(
+            getattr(restored, name).get_weights(),
+            getattr(model, name).get_weights(),
+        ), name
+    kwargs = {"num_steps": 2, "seed": 11, "return_latents": True}
+    expected_images, expected_latents = model.generate(LABELS, **kwargs)
+    images, latents = restored.generate(LABELS, **kwargs)
+    if BACKEND == "tensorflow":
+        # Two separately XLA-compiled programs may differ in the last bit.
+        np.testing.assert_allclose(latents, expected_latents, atol=1e-5)
+        assert np.abs(images.astype(int) - expected_images).max() <= 1
+    else:
+        np.testing.assert_array_equal(latents, expected_latents)
+        np.testing.assert_array_equal(images, expected_images)
+
+
+def test_keras_save_and_load(trained, tmp_path):
+    model = trained.model
+    # After the fit step the three networks hold different weights, so the
+    # comparison below tells them apart.
+    backbone = model.backbone.get_weights()
+    assert not _weights_equal(model.teacher_backbone.get_weights(), backbone)
+    assert not _weights_equal(model.ema_backbone.get_weights(), backbone)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    _assert_same_model(restored, model)
+
+
+def test_save_to_preset_and_from_preset(trained, tmp_path):
+    model = trained.model
+    preset_dir = str(tmp_path / "preset")
+    model.save_to_preset(preset_dir)
+    files = set(os.listdir(preset_dir))
+    assert {"config.json", "model.weights.h5", "metadata.json",
+            "task.json", "task.weights.h5"} <= files
+    restored = DSDImageGenerator.from_preset(preset_dir)
+    _assert_same_model(restored, model)
+    # The backbone files alone restore the trained network.
+    backbone = DSDBackbone.from_preset(preset_dir)
+    assert _weights_equal(backbone.get_weights(),
+                          model.backbone.get_weights())
+    # Task arguments can be overridden.
+    naive = DSDImageGenerator.from_preset(preset_dir, objective="naive")
+    assert naive.objective == "naive"
+
+
+def test_from_builtin_preset():
+    model = DSDImageGenerator.from_preset("dsd_tiny", objective="decoupled")
+    assert model.objective == "decoupled"
+    assert model.backbone.image_size == 32
+
+
+# === Bad input ===
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    keras.utils.set_random_seed(0)
+    return _compile_fast(_model())
+
+
+@pytest.mark.parametrize(
+    "images,match",
+    [
+        (np.zeros((8, 8, 3), "uint8"), r"`images` must have rank 4"),
+        (np.zeros((8, 8, 8, 1), "uint8"), r"`images` must have 3 channels"),
+        (
+            np.zeros((8, 12, 12, 3), "uint8"),
+            r"`images` has size 12x12; this model takes 8x8",
+        ),
+        (
+            np.zeros((8, 10, 10, 3), "uint8"),
+            r"`images` has size 10x10, which patch_size=4 does not divide",
+        ),
+        (
+            np.full((8, 8, 8, 3), -0.5, "float32"),
+            r"`images` must hold values in \[0, 255\]",
+        ),
+        (
+            np.full((8, 8, 8, 3), 300.0, "float32"),
+            r"`images` must hold values in \[0, 255\]",
+        ),
+        (np.full((8, 8, 8, 3), np.nan, "float32"), r"`images` contains NaN"),
+        (np.full((8, 8, 8, 3), "a"), r"`images`"),
+    ],
+    ids=["rank3", "gray", "12x12", "10x10", "negative", "over255", "nan",
+         "string"],
+)
+def test_bad_images(fresh, images, match):
+    labels = np.zeros((len(images),), "int32")
+    with pytest.raises(ValueError, match=match):
+        _fit(fresh, images, labels)
+    with pytest.raises(ValueError, match=match):
+        fresh.encode(images)
+
+
+def test_float_images_in_range_are_accepted(fresh):
+    images = _data()[0].astype("float32")
+    latents = fresh.encode(images)
+    np.testing.assert_allclose(
+        latents, fresh.encode(images.astype("uint8")), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("label", [3, -1])
+def test_labels_out_of_range(fresh, label):
+    images, labels = _data(8)
+    labels[2] = label
+    with pytest.raises(ValueError, match=rf"`labels` has class id {label}"):
+        _fit(fresh, images, labels)
+    with pytest.raises(ValueError, match=rf"`labels` has class id {label}"):
+        _fit(fresh, {"images": images, "labels": labels}, None)
+    with pytest.raises(
+        ValueError, match=rf"`class_labels` has class id {label}"
+    ):
+        fresh.generate([0, label], num_steps=1)
+
+
+def test_bad_labels(fresh):
+    images, labels = _data(8)
+    with pytest.raises(ValueError, match="`labels` has 7 entries"):
+        _fit(fresh, images, labels[:7])
+    with pytest.raises(ValueError, match="labels"):
+        _fit(fresh, images, None)
+    with pytest.raises(ValueError, match="`labels` must hold integer"):
+        _fit(fresh, images, labels + 0.5)
+    with pytest.raises(ValueError, match="`class_labels` must be a 1-D"):
+        fresh.generate(np.zeros((2, 2), "int32"), num_steps=1)
+
+
+def test_bad_labels_in_tf_data(fresh):
+    import tensorflow as tf
+
+    images, labels = _data()
+    labels[0] = 3
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    with pytest.raises(ValueError, match="`labels` has class id 3"):
+        fresh.fit(dataset, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"objective": "velocity"}, "objective='velocity'"),
+        ({"teacher": "momentum"}, "teacher='momentum'"),
+        ({"time_distribution": "beta"}, "time_distribution='beta'"),
+        ({"teacher_decay": 1.0}, "teacher_decay"),
+        ({"ema_decay": -0.1}, "ema_decay"),
+        ({"t_min": 0.0}, "t_min"),
+        ({"label_dropout": 1.0}, "label_dropout"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DSDImageGenerator(test_utils.tiny_backbone(), **kwargs)
+
+
+def test_backbone_must_be_a_dsd_backbone():
+    with pytest.raises(ValueError, match="`backbone`"):
+        DSDImageGenerator(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset='nope'"):
+        DSDImageGenerator.from_preset("nope")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"sampler": "rk4"}, "sampler='rk4'"),
+        ({"num_steps": 0}, "num_steps=0"),
+        ({"num_steps": 2.5}, "num_steps"),
+        ({"time_shift": 0.0}, "shift"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+    ],
+)
+def test_bad_generate_arguments(fresh, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fresh.generate([0, 1], **{"num_steps": 1, **kwargs})
