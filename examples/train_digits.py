@@ -59,10 +59,12 @@ def parse_args(argv=None):
                         help="EMA decay of the teacher (with warm-up).")
     parser.add_argument("--ema-decay", type=float, default=0.9999,
                         help="EMA decay of the sampling weights (warm-up).")
-    parser.add_argument("--t-min", type=float, default=0.05,
+    parser.add_argument("--t-min", type=float, default=0.25,
                         help="Clamp of 1 - t in the loss weight "
-                             "1 / max(1 - t, t_min)^2.")
-    parser.add_argument("--time-distribution", default="logit_normal",
+                             "1 / max(1 - t, t_min)^2 (the library default "
+                             "is 0.05; a larger clamp caps the weight of "
+                             "nearly clean times, which helped short runs).")
+    parser.add_argument("--time-distribution", default="uniform",
                         choices=["logit_normal", "uniform"],
                         help="Distribution of the training times t.")
     parser.add_argument("--sampler", default="heun",
