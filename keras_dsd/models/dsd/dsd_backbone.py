@@ -171,6 +171,10 @@ class DSDBackbone(keras.Model):
             **kwargs,
         )
         self._functional_ready = True
+        # Functional models drop the `dtype` argument; keep the policy so that
+        # `get_config()` and copies of a mixed-precision backbone keep it.
+        if dtype is not None:
+            self.dtype_policy = keras.dtype_policies.get(dtype)
 
 
     def __setattr__(self, name, value):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
+from keras_dsd.models.dsd.dsd_presets import backbone_presets as presets
 from keras_dsd.utils import test_utils
 from keras_dsd.utils.test_utils import TINY_CONFIG
 
@@ -200,11 +201,17 @@ def test_from_unknown_preset_names_it():
 
 
 def test_builtin_preset_with_overrides():
+    preset = presets["dsd_tiny"]["config"]
+    image_size = 2 * preset["patch_size"]
     backbone = DSDBackbone.from_preset(
-        "dsd_tiny", image_size=8, num_layers=1, hidden_dim=16, num_heads=2
+        "dsd_tiny", image_size=image_size, num_layers=1, hidden_dim=16,
+        num_heads=2,
     )
-    assert backbone.image_size == 8 and backbone.patch_size == 4
-    assert backbone.latent_channels == 8  # from the preset
+    assert backbone.image_size == image_size and backbone.num_layers == 1
+    # Arguments not overridden come from the preset.
+    assert backbone.patch_size == preset["patch_size"]
+    assert backbone.latent_channels == preset["latent_channels"]
+    assert backbone.num_classes == preset["num_classes"]
 
 
 def test_mixed_precision():
@@ -219,17 +226,6 @@ def test_mixed_precision():
         assert np.all(np.isfinite(array))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Library bug: keras.Model's functional __init__ drops `dtype`, so "
-        "DSDBackbone.dtype_policy stays float32 and get_config() records "
-        "float32; from_config / presets / the task's teacher and EMA copies "
-        "lose mixed precision. Fix: set self.dtype_policy = "
-        "keras.dtype_policies.get(dtype) after super().__init__ when dtype "
-        "is not None (as keras-hub's Backbone does)."
-    ),
-)
 def test_mixed_precision_config_round_trip():
     backbone = test_utils.tiny_backbone(dtype="mixed_bfloat16")
     restored = DSDBackbone.from_config(backbone.get_config())

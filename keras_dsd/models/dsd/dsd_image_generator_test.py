@@ -9,6 +9,7 @@ from keras_dsd import samplers
 from keras_dsd.models.dsd import objectives
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
+from keras_dsd.models.dsd.dsd_presets import backbone_presets as presets
 from keras_dsd.utils import test_utils
 
 LOG_KEYS = {
@@ -161,15 +162,6 @@ def test_config_round_trip():
     assert restored.backbone.get_config() == model.backbone.get_config()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Library bug in DSDBackbone (see dsd_backbone_test): the backbone's "
-        "dtype policy is dropped by keras.Model's functional __init__, so "
-        "_frozen_copy() builds float32 teacher/EMA copies of a "
-        "mixed_bfloat16 backbone."
-    ),
-)
 def test_mixed_precision_copies_keep_the_policy():
     backbone = test_utils.tiny_backbone(dtype="mixed_bfloat16")
     model = DSDImageGenerator(backbone)
@@ -524,7 +516,9 @@ def test_save_to_preset_and_from_preset(trained, tmp_path):
 def test_from_builtin_preset():
     model = DSDImageGenerator.from_preset("dsd_tiny", objective="decoupled")
     assert model.objective == "decoupled"
-    assert model.backbone.image_size == 32
+    config = model.backbone.get_config()
+    for key, value in presets["dsd_tiny"]["config"].items():
+        assert config[key] == value
 
 
 # === Bad input ===

@@ -68,7 +68,7 @@ def diffusion_loss(objective, prediction, online_latents, target_latents,
     if objective == "naive":
         target = online_latents - noise
         return ops.mean(ops.square(prediction - target))
-    target_latents = ops.stop_gradient(target_latents)
+    target_latents = ops.stop_gradient(ops.convert_to_tensor(target_latents))
     if objective == "decoupled":
         target = target_latents - noise
         return ops.mean(ops.square(prediction - target))

@@ -175,6 +175,28 @@ def test_no_gradient_through_online_teacher(objective):
     np.testing.assert_array_equal(grad, 0.0)
 
 
+@pytest.mark.parametrize("objective", ["naive", "dsd"])
+def test_gradient_into_online_latents_held_in_a_variable(objective):
+    # The same check through trainable weights, the way fit() sees them:
+    # a variable feeds both the online and (stop-gradient) target latents.
+    online, _, noise, prediction, t = _batch()
+    latents = keras.Variable(online, name="latents")
+    pred_, noise_, t_ = _tensors(prediction, noise, t)
+
+    def loss():
+        return objectives.diffusion_loss(
+            objective, pred_, latents, latents, noise_, t_, 0.05
+        )
+
+    value, (grad,) = test_utils.value_and_grad(loss, [latents])
+    assert np.isfinite(value)
+    if objective == "naive":
+        expected = -2.0 * (prediction - (online - noise)) / online.size
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(grad, 0.0)
+
+
 @pytest.mark.parametrize("objective", ["naive", "decoupled", "dsd"])
 def test_no_gradient_into_target_latents(objective):
     online, target, noise, prediction, t = _batch()

@@ -1,0 +1,204 @@
+"""Helpers shared by the `*_test.py` files. Test-only; not a public API.
+
+- `TINY_CONFIG` / `tiny_backbone()`: the smallest useful `DSDBackbone`.
+- `random_images()` / `random_labels()`: uint8 images and int labels.
+- `randomize_weights()`: gives every weight a random value, so that
+  zero-initialised heads and gates stop hiding differences between models.
+- `assert_layer_config_round_trip()`: `from_config(get_config())` gives the
+  same config and, once the weights are copied, the same outputs.
+- `value_and_grad()`: the one backend-specific helper, a gradient of a
+  scalar function for JAX, TensorFlow and PyTorch.
+- `eager_loops()`: runs `keras.ops.fori_loop` as a Python loop, so that a
+  test can count how often the loop body calls a function.
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+
+TINY_CONFIG = {
+    "image_size": 8,
+    "patch_size": 4,
+    "latent_channels": 4,
+    "hidden_dim": 16,
+    "num_layers": 1,
+    "num_heads": 2,
+    "num_classes": 3,
+}
+
+
+def tiny_backbone(**overrides):
+    """A `DSDBackbone` of `TINY_CONFIG` (8x8 images, 4 tokens of 4 channels)."""
+    from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
+
+    return DSDBackbone(**{**TINY_CONFIG, **overrides})
+
+
+def random_images(num_images, image_size=8, seed=0):
+    """uint8 images `(num_images, image_size, image_size, 3)`."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(
+        0, 256, (num_images, image_size, image_size, 3), dtype="uint8"
+    )
+
+
+def random_labels(num_images, num_classes=3, seed=0):
+    rng = np.random.default_rng(seed + 1)
+    return rng.integers(0, num_classes, (num_images,)).astype("int32")
+
+
+def randomize_weights(layer, seed=0, stddev=0.3):
+    """Assigns `N(0, stddev^2)` values to every weight of `layer`."""
+    rng = np.random.default_rng(seed)
+    for weight in layer.weights:
+        value = rng.normal(0.0, stddev, tuple(weight.shape))
+        weight.assign(value.astype(keras.backend.standardize_dtype(
+            weight.dtype
+        )))
+    return layer
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def assert_layer_config_round_trip(layer, *inputs, atol=1e-6, **call_kwargs):
+    """Rebuilds `layer` from its config and checks config and outputs.
+
+    `layer` must already be built (called once on `inputs`). Its weights
+    are randomised first, so that a zero-initialised layer cannot pass by
+    outputting zeros from both copies.
+    """
+    config = layer.get_config()
+    randomize_weights(layer, seed=123)
+    restored = layer.__class__.from_config(config)
+    assert restored.get_config() == config
+    restored(*inputs, **call_kwargs)
+    assert len(restored.weights) == len(layer.weights)
+    restored.set_weights(layer.get_weights())
+    expected = keras.tree.map_structure(
+        to_numpy, layer(*inputs, **call_kwargs)
+    )
+    actual = keras.tree.map_structure(
+        to_numpy, restored(*inputs, **call_kwargs)
+    )
+    keras.tree.map_structure(
+        lambda a, e: np.testing.assert_allclose(a, e, atol=atol),
+        actual,
+        expected,
+    )
+    return restored
+
+
+# === Gradients (the only backend-specific code of the tests) ===
+
+
+def value_and_grad(fn, variables_or_tensor):
+    """Value and gradient of a scalar function, as numpy.
+
+    Args:
+        fn: callable. With an array-like `variables_or_tensor`, called as
+            `fn(tensor)`; with a list of `keras.Variable`s, called as `fn()`
+            and reading those variables.
+        variables_or_tensor: an array-like (numpy array or backend tensor),
+            or a list of `keras.Variable`s.
+
+    Returns:
+        `(value, grad)`: a float and the gradient with the structure of the
+        input (a list of arrays for a list of variables). A gradient that
+        the backend reports as absent (the input is unused, or only reached
+        through a stop-gradient) is returned as zeros.
+    """
+    is_variables = isinstance(variables_or_tensor, (list, tuple))
+    if is_variables:
+        variables = list(variables_or_tensor)
+        shapes = [tuple(v.shape) for v in variables]
+    else:
+        tensor = keras.ops.convert_to_tensor(variables_or_tensor, "float32")
+        shapes = [tuple(tensor.shape)]
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        value, grads = _jax_value_and_grad(
+            fn, variables if is_variables else None,
+            None if is_variables else tensor,
+        )
+    elif backend == "tensorflow":
+        value, grads = _tf_value_and_grad(
+            fn, variables if is_variables else None,
+            None if is_variables else tensor,
+        )
+    elif backend == "torch":
+        value, grads = _torch_value_and_grad(
+            fn, variables if is_variables else None,
+            None if is_variables else tensor,
+        )
+    else:
+        raise ValueError(f"Unsupported backend {backend!r}.")
+    grads = [
+        np.zeros(shape, "float32") if g is None else to_numpy(g)
+        for g, shape in zip(grads, shapes)
+    ]
+    return float(to_numpy(value)), grads if is_variables else grads[0]
+
+
+def _jax_value_and_grad(fn, variables, tensor):
+    import jax
+
+    if variables is None:
+        value, grad = jax.value_and_grad(fn)(tensor)
+        return value, [grad]
+
+    def pure(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn()
+
+    value, grads = jax.value_and_grad(pure)([v.value for v in variables])
+    return value, list(grads)
+
+
+def _tf_value_and_grad(fn, variables, tensor):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        if variables is None:
+            tape.watch(tensor)
+            value = fn(tensor)
+        else:
+            value = fn()
+    sources = [tensor] if variables is None else [v.value for v in variables]
+    return value, list(tape.gradient(value, sources))
+
+
+def _torch_value_and_grad(fn, variables, tensor):
+    import torch
+
+    if variables is None:
+        tensor = tensor.detach().clone().requires_grad_(True)
+        sources = [tensor]
+        value = fn(tensor)
+    else:
+        sources = [v.value for v in variables]
+        value = fn()
+    if not value.requires_grad:
+        # Nothing reached the inputs (e.g. only through a stop-gradient).
+        return value, [None] * len(sources)
+    grads = torch.autograd.grad(value, sources, allow_unused=True)
+    return value, list(grads)
+
+
+@contextlib.contextmanager
+def eager_loops():
+    """Runs `keras.ops.fori_loop` bodies once per iteration in Python.
+
+    TensorFlow (eager `tf.while_loop`) and PyTorch already do; JAX traces the
+    body once unless jit is disabled.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        with jax.disable_jit():
+            yield
+    else:
+        yield
