@@ -32,9 +32,16 @@ def machine_description():
                     break
     except OSError:
         pass
-    devices = ", ".join(
-        sorted({d.split(":")[0] for d in keras.distribution.list_devices()})
-    )
+    if keras.backend.backend() == "torch":  # no keras.distribution on torch
+        import torch
+
+        devices = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        devices = ", ".join(
+            sorted(
+                {d.split(":")[0] for d in keras.distribution.list_devices()}
+            )
+        )
     return f"{cpu}, {os.cpu_count()} cores, devices: {devices}"
 
 
