@@ -1,6 +1,3 @@
-from keras_dsd.metrics.latent_metrics import covariance_eigenvalues
-from keras_dsd.metrics.latent_metrics import effective_rank
-from keras_dsd.metrics.latent_metrics import latent_std
 from keras_dsd.metrics.feature_extractors import EfficientNetLite0Features
 from keras_dsd.metrics.feature_extractors import InceptionV3Features
 from keras_dsd.metrics.feature_extractors import (
@@ -14,3 +11,6 @@ from keras_dsd.metrics.generative_metrics import InceptionScore
 from keras_dsd.metrics.generative_metrics import PrecisionRecall
 from keras_dsd.metrics.generative_metrics import precision_recall
 from keras_dsd.metrics.generative_metrics import psnr
+from keras_dsd.metrics.latent_metrics import covariance_eigenvalues
+from keras_dsd.metrics.latent_metrics import effective_rank
+from keras_dsd.metrics.latent_metrics import latent_std
