@@ -50,7 +50,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -229,26 +228,7 @@ def parse_args(argv=None):
 # === Files ===
 
 
-def atomic_write(path, write_fn):
-    """Calls `write_fn(tmp_path)`, then renames the file to `path`.
-
-    A crash leaves at most a `.tmp-*` file, never a partial file under
-    `path`.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    handle, tmp_path = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=suffix
-    )
-    os.close(handle)
-    try:
-        write_fn(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    return path
+atomic_write = keras_dsd.utils.file_utils.atomic_write
 
 
 def save_npz(path, **arrays):

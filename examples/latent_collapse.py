@@ -49,7 +49,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import keras
@@ -145,21 +144,7 @@ def parse_args(argv=None):
 # === Files ===
 
 
-def atomic_write(path, write_fn):
-    """`write_fn(tmp_path)`, then rename: never a partial file at `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1]
-    )
-    os.close(handle)
-    try:
-        write_fn(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    return path
+atomic_write = keras_dsd.utils.file_utils.atomic_write
 
 
 def finite_or_none(value):

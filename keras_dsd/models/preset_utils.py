@@ -14,9 +14,10 @@ interrupted save never leaves a half-written file under the final name.
 
 import json
 import os
-import tempfile
 
 import keras
+
+from keras_dsd.utils.file_utils import atomic_write
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -47,28 +48,12 @@ def check_preset(preset):
     )
 
 
-def _atomic_write(path, write_fn):
-    directory = os.path.dirname(os.path.abspath(path))
-    # Keep the full extension: Keras insists on `.weights.h5`.
-    suffix = "." + os.path.basename(path).split(".", 1)[-1]
-    handle, tmp_path = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=suffix
-    )
-    os.close(handle)
-    try:
-        write_fn(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 def _write_json(path, obj):
     def write(tmp_path):
         with open(tmp_path, "w") as f:
             json.dump(obj, f, indent=2)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _write_weights(path, model):
@@ -76,7 +61,7 @@ def _write_weights(path, model):
         os.remove(tmp_path)  # h5py refuses to overwrite an empty file
         model.save_weights(tmp_path)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _read_json(path):

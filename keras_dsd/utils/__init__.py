@@ -1,2 +1,3 @@
+from keras_dsd.utils import file_utils
 from keras_dsd.utils import image_grid
 from keras_dsd.utils import validation

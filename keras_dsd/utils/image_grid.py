@@ -1,9 +1,8 @@
 """Sample grids as PNG files."""
 
-import os
-import tempfile
-
 import numpy as np
+
+from keras_dsd.utils.file_utils import atomic_write
 
 
 def make_grid(images, rows, padding=2, pad_value=255):
@@ -53,14 +52,6 @@ def save_image_grid(images, path, rows, scale=1):
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     if grid.shape[-1] == 1:
         grid = grid[..., 0]
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=directory, suffix=".png")
-    os.close(handle)
-    try:
-        Image.fromarray(grid).save(tmp_path, format="PNG")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    return path
+    return atomic_write(
+        path, lambda tmp_path: Image.fromarray(grid).save(tmp_path, "PNG")
+    )

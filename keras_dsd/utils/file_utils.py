@@ -1,0 +1,30 @@
+"""Writing files so that a crash never leaves a partial file in place."""
+
+import os
+import tempfile
+
+
+def atomic_write(path, write_fn):
+    """Calls `write_fn(tmp_path)`, then renames the temporary file to `path`.
+
+    The temporary file sits in the same folder (so the rename is atomic) and
+    keeps the full extension of `path` (Keras insists on `.weights.h5`). A
+    crash leaves at most a `.tmp-*` file, never a partial file under `path`;
+    an existing file at `path` stays intact until the new one is complete.
+    Parent folders are created. Returns `path`.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    name = os.path.basename(path)
+    suffix = "." + name.split(".", 1)[1] if "." in name else ""
+    handle, tmp_path = tempfile.mkstemp(
+        dir=directory, prefix=".tmp-", suffix=suffix
+    )
+    os.close(handle)
+    try:
+        write_fn(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    return path
