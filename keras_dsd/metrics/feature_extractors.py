@@ -29,7 +29,9 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_dsd.utils.validation import check_pixel_values
 from keras_dsd.utils.validation import check_positive_int
+from keras_dsd.utils.validation import check_rgb_layout
 from keras_dsd.utils.validation import to_numpy
 
 # === Input checks ===
@@ -47,34 +49,10 @@ def check_image_batch(images, name="images"):
     (or numbers on the same `[0, 255]` scale), finite, at least one image.
     """
     array = to_numpy(images, name)
-    if array.ndim != 4:
-        hint = " Add a batch axis: images[None]." if array.ndim == 3 else ""
-        raise ValueError(
-            f"`{name}` must have rank 4, (batch, height, width, 3); got "
-            f"{_describe(array)}.{hint}"
-        )
-    if array.shape[-1] != 3:
-        raise ValueError(
-            f"`{name}` must have 3 channels (RGB) in the last axis; got "
-            f"{_describe(array)}. Grayscale images: repeat the channel, "
-            "np.repeat(images, 3, axis=-1)."
-        )
+    check_rgb_layout(array, name)
     if array.shape[0] == 0 or array.shape[1] == 0 or array.shape[2] == 0:
         raise ValueError(f"`{name}` is empty: {_describe(array)}.")
-    if array.dtype.kind not in "uif":
-        raise ValueError(
-            f"`{name}` must be uint8 (or numbers in [0, 255]); got "
-            f"{_describe(array)}."
-        )
-    low, high = float(array.min()), float(array.max())
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
-    if low < 0 or high > 255:
-        raise ValueError(
-            f"`{name}` must hold values in [0, 255] (uint8 pixels); got "
-            f"values in [{low:g}, {high:g}]. Images scaled to [-1, 1] or "
-            "[0, 1] must be mapped back to [0, 255] first."
-        )
+    check_pixel_values(array, name)
     return array
 
 

@@ -24,13 +24,8 @@ def to_numpy(value, name):
         ) from None
 
 
-def check_images(images, image_size, patch_size, name="images"):
-    """Checks a batch of images for a model of side `image_size`.
-
-    Accepts integer images in `[0, 255]` (uint8 is the usual) or float
-    images on the same `[0, 255]` scale. Returns a numpy array.
-    """
-    array = to_numpy(images, name)
+def check_rgb_layout(array, name="images"):
+    """Checks that a numpy array is a `(batch, height, width, 3)` batch."""
     if array.ndim != 4:
         hint = " Add a batch axis: images[None]." if array.ndim == 3 else ""
         raise ValueError(
@@ -43,6 +38,35 @@ def check_images(images, image_size, patch_size, name="images"):
             f"{_describe(array)}. Grayscale images: repeat the channel, "
             "np.repeat(images, 3, axis=-1)."
         )
+
+
+def check_pixel_values(array, name="images"):
+    """Checks numeric, finite pixel values in `[0, 255]` (uint8 scale)."""
+    if array.dtype.kind not in "uif":
+        raise ValueError(
+            f"`{name}` must be uint8 (or numbers in [0, 255]); got "
+            f"{_describe(array)}."
+        )
+    if array.size:
+        low, high = float(array.min()), float(array.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"`{name}` must hold values in [0, 255] (uint8 pixels); got "
+                f"values in [{low:g}, {high:g}]. Images scaled to [-1, 1] "
+                "or [0, 1] must be mapped back to [0, 255] first."
+            )
+
+
+def check_images(images, image_size, patch_size, name="images"):
+    """Checks a batch of images for a model of side `image_size`.
+
+    Accepts integer images in `[0, 255]` (uint8 is the usual) or float
+    images on the same `[0, 255]` scale. Returns a numpy array.
+    """
+    array = to_numpy(images, name)
+    check_rgb_layout(array, name)
     height, width = array.shape[1:3]
     if height % patch_size or width % patch_size:
         raise ValueError(
@@ -55,22 +79,7 @@ def check_images(images, image_size, patch_size, name="images"):
             f"`{name}` has size {height}x{width}; this model takes "
             f"{image_size}x{image_size} images."
         )
-    kind = array.dtype.kind
-    if kind not in "uif":
-        raise ValueError(
-            f"`{name}` must be uint8 (or numbers in [0, 255]); got "
-            f"{_describe(array)}."
-        )
-    if array.size:
-        low, high = float(array.min()), float(array.max())
-        if not (np.isfinite(low) and np.isfinite(high)):
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"`{name}` must hold values in [0, 255] (uint8 pixels); got "
-                f"values in [{low:g}, {high:g}]. Images scaled to [-1, 1] or "
-                "[0, 1] must be mapped back to [0, 255] first."
-            )
+    check_pixel_values(array, name)
     return array
 
 
