@@ -1,16 +1,22 @@
-"""The only backend-specific code of keras_dsd: compiling inference programs.
+"""The only backend-specific code of keras_dsd.
 
-`compile_inference_function(fn, variables)` returns a callable that runs
-`fn(*arrays)` as one compiled program (JAX: `jax.jit` over the variables'
-values; TensorFlow: `tf.function(jit_compile=True)`; PyTorch: eager under
-`torch.no_grad()`, since `torch.compile` costs minutes on small CPUs) and
-returns numpy arrays.
+- `compile_inference_function(fn, variables)` returns a callable that runs
+  `fn(*arrays)` as one compiled program (JAX: `jax.jit` over the variables'
+  values; TensorFlow: `tf.function(jit_compile=True)`; PyTorch: eager under
+  `torch.no_grad()`, since `torch.compile` costs minutes on small CPUs) and
+  returns numpy arrays.
+- `replica_id()`: which data-parallel replica runs the current training
+  step (`None` where the whole global batch is one program, as with JAX's
+  `keras.distribution`), so that replicas draw different diffusion noise.
+- `keras_dsd.backend.torch_backend` also holds the PyTorch multi-process
+  helpers (gradient all-reduce, weight broadcast) that `torchrun` training
+  needs, since Keras' `fit` has no DistributedDataParallel of its own.
 """
 
 import keras
 
 
-def compile_inference_function(fn, variables):
+def _module():
     backend = keras.backend.backend()
     if backend == "jax":
         from keras_dsd.backend import jax_backend as module
@@ -23,4 +29,20 @@ def compile_inference_function(fn, variables):
             f"keras_dsd supports the jax, tensorflow and torch backends; "
             f"KERAS_BACKEND={backend!r}."
         )
-    return module.compile_inference_function(fn, variables)
+    return module
+
+
+def compile_inference_function(fn, variables):
+    return _module().compile_inference_function(fn, variables)
+
+
+def replica_id():
+    return _module().replica_id()
+
+
+def default_jit_compile():
+    return _module().default_jit_compile()
+
+
+def scale_loss_for_replicas(loss):
+    return _module().scale_loss_for_replicas(loss)

@@ -16,3 +16,17 @@ def compile_inference_function(fn, variables):
         return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
 
     return run
+
+
+def replica_id():
+    # With `keras.distribution`, one jitted program sees the global batch and
+    # the random draws are already distinct across its shards.
+    return None
+
+
+def default_jit_compile():
+    return True
+
+
+def scale_loss_for_replicas(loss):
+    return loss

@@ -11,3 +11,31 @@ def compile_inference_function(fn, variables):
         return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
 
     return run
+
+
+def replica_id():
+    """The replica id inside `strategy.run` with several replicas, else
+    `None`."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context.replica_id_in_sync_group
+
+
+def default_jit_compile():
+    """XLA, except for a multi-replica strategy over CPU devices, where XLA
+    reads a variable across devices and fails (TF's known XLA issue)."""
+    if not tf.distribute.has_strategy():
+        return True
+    strategy = tf.distribute.get_strategy()
+    devices = getattr(strategy.extended, "worker_devices", ())
+    on_cpu = any("CPU" in device.upper() for device in devices)
+    return not (strategy.num_replicas_in_sync > 1 and on_cpu)
+
+
+def scale_loss_for_replicas(loss):
+    """Divides a replica's loss by the replica count: `MirroredStrategy`
+    and `TPUStrategy` sum the replicas' gradients (Keras' built-in losses
+    do the same)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss

@@ -10,6 +10,10 @@
   scalar function for JAX, TensorFlow and PyTorch.
 - `eager_loops()`: runs `keras.ops.fori_loop` as a Python loop, so that a
   test can count how often the loop body calls a function.
+- `deterministic_generator()`: a `DSDImageGenerator` whose diffusion times
+  and noise are fixed functions of each example's latent, so that training
+  on a batch split in pieces (gradient accumulation, several devices) can be
+  compared with training on the whole batch.
 """
 
 import contextlib
@@ -202,3 +206,25 @@ def eager_loops():
             yield
     else:
         yield
+
+
+def deterministic_generator(backbone, **kwargs):
+    """A `DSDImageGenerator` without random draws in its training step.
+
+    Each example's time and noise are functions of its (stop-gradient)
+    online latent, so they do not depend on the batch it sits in, on the
+    replica that runs it, or on the backend's random streams.
+    """
+    from keras import ops
+
+    from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
+
+    class DeterministicGenerator(DSDImageGenerator):
+        def _sample_time(self, latents):
+            mean = ops.mean(ops.stop_gradient(latents), axis=(1, 2))
+            return ops.sigmoid(3.0 * mean)
+
+        def _sample_noise(self, latents):
+            return ops.sin(7.0 * ops.stop_gradient(latents) + 1.0)
+
+    return DeterministicGenerator(backbone, **kwargs)

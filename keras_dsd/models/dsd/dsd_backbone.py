@@ -171,6 +171,12 @@ class DSDBackbone(keras.Model):
             **kwargs,
         )
         self._functional_ready = True
+        if keras.backend.backend() == "torch":
+            # The torch parameter list was taken before the layers were
+            # attached; take it again so that `parameters()` and
+            # `zero_grad()` see every weight (without it gradients pile up
+            # across training steps).
+            self._track_variables()
         # Functional models drop the `dtype` argument; keep the policy so that
         # `get_config()` and copies of a mixed-precision backbone keep it.
         if dtype is not None:

@@ -231,3 +231,14 @@ def test_mixed_precision_config_round_trip():
     restored = DSDBackbone.from_config(backbone.get_config())
     assert restored.transformer_blocks[0].compute_dtype == "bfloat16"
     assert backbone.dtype_policy.name == "mixed_bfloat16"
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.nn.Module API"
+)
+def test_torch_parameters_hold_every_weight():
+    # `zero_grad()` only clears what `parameters()` lists: a weight missing
+    # here keeps adding up its gradients across training steps.
+    backbone = test_utils.tiny_backbone()
+    parameters = {id(p) for p in backbone.parameters()}
+    assert {id(w.value) for w in backbone.weights} <= parameters

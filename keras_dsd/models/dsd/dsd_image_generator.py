@@ -4,6 +4,9 @@ from keras import ops
 
 from keras_dsd import samplers
 from keras_dsd.backend import compile_inference_function
+from keras_dsd.backend import default_jit_compile
+from keras_dsd.backend import replica_id
+from keras_dsd.backend import scale_loss_for_replicas
 from keras_dsd.metrics.latent_metrics import effective_rank
 from keras_dsd.metrics.latent_metrics import latent_std
 from keras_dsd.models import preset_utils
@@ -138,7 +141,7 @@ class DSDImageGenerator(keras.Model):
             if ema_decay is not None
             else None
         )
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = _ReplicaSeedGenerator(seed)
 
         # === Metrics ===
         self.reconstruction_loss_tracker = keras.metrics.Mean(
@@ -179,8 +182,10 @@ class DSDImageGenerator(keras.Model):
         Args:
             optimizer: `"auto"` (AdamW, learning rate 1e-4, no weight decay,
                 DiT's recipe) or any Keras optimizer.
-            jit_compile: `"auto"` compiles with XLA on JAX and TensorFlow and
-                runs PyTorch eagerly (`torch.compile` is slow to start).
+            jit_compile: `"auto"` compiles with XLA on JAX and TensorFlow
+                (not under a multi-replica strategy on CPU devices, where
+                XLA fails) and runs PyTorch eagerly (`torch.compile` is slow
+                to start).
             **kwargs: passed to `keras.Model.compile`. No `loss` is needed:
                 the DSD objective is built in.
         """
@@ -189,7 +194,7 @@ class DSDImageGenerator(keras.Model):
                 learning_rate=1e-4, weight_decay=0.0
             )
         if jit_compile == "auto":
-            jit_compile = keras.backend.backend() != "torch"
+            jit_compile = default_jit_compile()
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def _preprocess(self, images):
@@ -211,13 +216,19 @@ class DSDImageGenerator(keras.Model):
             "reconstructions": self.backbone.decode(latents),
         }
 
-    def _sample_time(self, batch_size):
+    def _sample_time(self, latents):
+        """Training times `t`, one per example of `latents`, in `(0, 1)`."""
+        batch_size = ops.shape(latents)[0]
         if self.time_distribution == "uniform":
             return keras.random.uniform(
                 (batch_size,), seed=self.seed_generator
             )
         normal = keras.random.normal((batch_size,), seed=self.seed_generator)
         return ops.sigmoid(self.time_mean + self.time_std * normal)
+
+    def _sample_noise(self, latents):
+        """Diffusion noise `eps` of the latents' shape."""
+        return keras.random.normal(ops.shape(latents), seed=self.seed_generator)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -237,8 +248,8 @@ class DSDImageGenerator(keras.Model):
         )
 
         batch_size = ops.shape(online)[0]
-        t = self._sample_time(batch_size)
-        noise = keras.random.normal(ops.shape(online), seed=self.seed_generator)
+        t = self._sample_time(online)
+        noise = self._sample_noise(online)
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
         if training and self.label_dropout > 0:
             drop = keras.random.uniform(
@@ -264,7 +275,8 @@ class DSDImageGenerator(keras.Model):
         self.diffusion_loss_tracker.update_state(diffusion_loss)
         self.latent_std_tracker.update_state(latent_std(detached))
         self.latent_rank_tracker.update_state(effective_rank(detached))
-        return loss
+        # Under tf.distribute the replicas' gradients are summed.
+        return scale_loss_for_replicas(loss)
 
     def train_step(self, *args):
         # The teacher and the sampling EMA move after the optimizer step.
@@ -528,6 +540,25 @@ class DSDImageGenerator(keras.Model):
     def save_to_preset(self, preset_dir):
         """Writes the backbone files and `task.json` / `task.weights.h5`."""
         preset_utils.save_task(self, preset_dir)
+
+
+class _ReplicaSeedGenerator(keras.random.SeedGenerator):
+    """A `SeedGenerator` whose draws differ across data-parallel replicas.
+
+    TensorFlow's `MirroredStrategy` and multi-process PyTorch run the step
+    once per replica on a slice of the global batch, each with the same
+    generator state: without an offset every replica would draw the same
+    times and noise. JAX runs the global batch as one program and needs
+    none.
+    """
+
+    def next(self, ordered=True):
+        seed = super().next(ordered)
+        replica = replica_id()
+        if replica is None:
+            return seed
+        offset = ops.stack([ops.cast(replica, "int32") * 1_000_003, 0])
+        return seed + ops.cast(offset, seed.dtype)
 
 
 def _check_decay(value, name):

@@ -650,3 +650,67 @@ def test_unknown_preset():
 def test_bad_generate_arguments(fresh, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fresh.generate([0, 1], **{"num_steps": 1, **kwargs})
+
+
+def test_gradient_accumulation_equals_a_larger_batch():
+    # k = 2 accumulated batches of 2 must give the update of one batch of 4:
+    # the loss is a batch mean and Keras averages the accumulated gradients.
+    # Plain SGD, since Adam's first step (about lr * sign(g)) would hide a
+    # wrong gradient scale; times and noise are fixed functions of each
+    # example, since the random draws of one batch of 4 and of two batches
+    # of 2 differ.
+    images, labels = _data(4)
+    initial = _random_backbone().get_weights()
+    models = []
+    for batch_size, accumulation in ((4, None), (2, 2)):
+        backbone = _random_backbone()
+        model = test_utils.deterministic_generator(
+            backbone, teacher_decay=0.5, ema_decay=0.9, seed=0
+        )
+        _compile_fast(
+            model,
+            optimizer=keras.optimizers.SGD(
+                learning_rate=0.5, gradient_accumulation_steps=accumulation
+            ),
+        )
+        _fit(model, images, labels, batch_size=batch_size)
+        models.append(model)
+    large, accumulated = models
+    assert not _weights_equal(large.backbone.get_weights(), initial)
+    for network in ("backbone", "teacher_backbone", "ema_backbone"):
+        _assert_weights_close(
+            getattr(accumulated, network).get_weights(),
+            getattr(large, network).get_weights(),
+            atol=2e-5,
+        )
+
+
+def test_mixed_bfloat16_training():
+    backbone = test_utils.randomize_weights(
+        test_utils.tiny_backbone(dtype="mixed_bfloat16"), seed=1, stddev=0.2
+    )
+    initial = backbone.get_weights()
+    model = _model(backbone)
+    _compile_fast(
+        model,
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0),
+    )
+    history = _fit(model, *_data(6))
+    assert set(history.history) >= LOG_KEYS
+    for key, values in history.history.items():
+        assert np.all(np.isfinite(values)), key
+    assert not _weights_equal(model.backbone.get_weights(), initial)
+    # float32 master weights, teacher and sampling EMA ...
+    for network in (model.backbone, model.teacher_backbone,
+                    model.ema_backbone):
+        assert {str(w.dtype) for w in network.weights} == {"float32"}
+    assert {str(v.dtype) for v in model.optimizer.variables} <= {
+        "float32", "int64", "int32"
+    }
+    # ... bfloat16 matmuls in the trunk, float32 in the sensitive layers.
+    block = model.backbone.transformer_blocks[0]
+    assert block.compute_dtype == "bfloat16"
+    assert model.backbone.latent_norm.compute_dtype == "float32"
+    assert block.attention_norm.norm.compute_dtype == "float32"
+    outputs = model(_data(2)[0])
+    assert test_utils.to_numpy(outputs["latents"]).dtype == np.float32

@@ -1,0 +1,202 @@
+"""Data-parallel training with the same script on JAX, TensorFlow and PyTorch.
+
+```python
+context = keras_dsd.utils.distribution.setup_data_parallel()
+with context.scope():
+    model = keras_dsd.models.DSDImageGenerator(backbone)
+    model.compile()
+context.prepare_model(model)
+dataset = folder.as_dataset(
+    image_size, context.per_process_batch_size(global_batch_size),
+    num_shards=context.num_processes, shard_index=context.process_index,
+)
+model.fit(dataset, ...)
+```
+
+- JAX: `keras.distribution.DataParallel` over every device the process sees
+  (GPUs, TPU cores, or `--xla_force_host_platform_device_count` CPUs); one
+  jitted program runs the global batch, sharded along the batch axis.
+  Multi-host TPU pods call `keras.distribution.initialize()` first
+  (`multi_host=True`).
+- TensorFlow: `tf.distribute.TPUStrategy` when a TPU is found,
+  `tf.distribute.MirroredStrategy` over several GPUs (or the logical
+  devices given), else the default strategy. Keras splits each global
+  batch across the replicas.
+- PyTorch: under `torchrun`, one process per GPU (NCCL) or CPU (gloo).
+  Keras' `fit` has no DistributedDataParallel, so `prepare_model`
+  broadcasts the weights from process 0 and makes every `backward()`
+  average the gradients across processes; each process reads its own shard
+  of the data (`per_process_batch_size` images per step).
+"""
+
+import contextlib
+import dataclasses
+import os
+
+import keras
+
+
+@dataclasses.dataclass
+class DataParallelContext:
+    """What `setup_data_parallel` set up.
+
+    Attributes:
+        backend: string. The Keras backend.
+        num_replicas: int. Devices (or processes) that share a global batch.
+        num_processes: int. Python processes taking part (each reads its own
+            data shard).
+        process_index: int. This process's index.
+        strategy: the `tf.distribute.Strategy` on TensorFlow, else `None`.
+        description: string. One line for logs.
+    """
+
+    backend: str
+    num_replicas: int = 1
+    num_processes: int = 1
+    process_index: int = 0
+    strategy: object = None
+    description: str = "1 device"
+
+    @property
+    def is_chief(self):
+        """Whether this process writes checkpoints, logs and images."""
+        return self.process_index == 0
+
+    def scope(self):
+        """Build and compile the model inside this scope."""
+        if self.strategy is not None:
+            return self.strategy.scope()
+        return contextlib.nullcontext()
+
+    def per_process_batch_size(self, global_batch_size):
+        """Images each process loads per step; checks divisibility."""
+        if global_batch_size % self.num_replicas:
+            raise ValueError(
+                f"The global batch size {global_batch_size} is not divisible "
+                f"by the {self.num_replicas} devices ({self.description}); "
+                f"use a multiple of {self.num_replicas}."
+            )
+        return global_batch_size // self.num_processes
+
+    def prepare_model(self, model):
+        """Makes multi-process PyTorch training data-parallel (see the
+        module docstring); a no-op elsewhere. Call after `compile`."""
+        if self.backend != "torch" or self.num_processes == 1:
+            return model
+        from keras_dsd.backend import torch_backend
+
+        torch_backend.broadcast_variables(model.weights)
+        if not getattr(model, "_gradient_hooks", None):
+            model._gradient_hooks = (
+                torch_backend.average_gradients_across_processes(
+                    model.trainable_variables
+                )
+            )
+        return model
+
+
+def setup_data_parallel(devices=None, tpu=None, multi_host=False):
+    """Sets up data-parallel training for the current backend.
+
+    Args:
+        devices: optional list of device names (TensorFlow, e.g.
+            `["/cpu:0", "/cpu:1"]`) or of JAX devices. Defaults to every
+            accelerator found.
+        tpu: optional TPU name or address for TensorFlow's
+            `TPUClusterResolver`; `"local"` on a TPU VM. Defaults to using a
+            TPU only when the `TPU_NAME` environment variable is set.
+        multi_host: bool. JAX on a multi-host TPU pod or GPU cluster: call
+            `keras.distribution.initialize()` first. Defaults to `False`.
+
+    Returns:
+        A `DataParallelContext`.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _setup_jax(devices, multi_host)
+    if backend == "tensorflow":
+        return _setup_tensorflow(devices, tpu)
+    if backend == "torch":
+        return _setup_torch()
+    raise ValueError(
+        f"keras_dsd supports the jax, tensorflow and torch backends; "
+        f"KERAS_BACKEND={backend!r}."
+    )
+
+
+def _setup_jax(devices, multi_host):
+    import jax
+
+    if multi_host:
+        keras.distribution.initialize()
+    devices = list(devices or jax.devices())
+    platform = devices[0].platform
+    if len(devices) > 1:
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+        )
+    return DataParallelContext(
+        backend="jax",
+        num_replicas=len(devices),
+        num_processes=jax.process_count(),
+        process_index=jax.process_index(),
+        description=(
+            f"{len(devices)} {platform} device(s), "
+            f"{jax.process_count()} process(es), "
+            + ("keras.distribution.DataParallel" if len(devices) > 1
+               else "single device")
+        ),
+    )
+
+
+def _setup_tensorflow(devices, tpu):
+    import tensorflow as tf
+
+    tpu = tpu or os.environ.get("TPU_NAME")
+    if tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+        kind = "TPUStrategy"
+    else:
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        devices = list(devices or gpus)
+        if len(devices) > 1:
+            strategy = tf.distribute.MirroredStrategy(devices)
+            kind = "MirroredStrategy"
+        else:
+            strategy = tf.distribute.get_strategy()
+            kind = "default strategy"
+    replicas = strategy.num_replicas_in_sync
+    return DataParallelContext(
+        backend="tensorflow",
+        num_replicas=replicas,
+        strategy=strategy,
+        description=f"{replicas} replica(s), tf.distribute {kind}",
+    )
+
+
+def _setup_torch():
+    import torch
+    import torch.distributed as dist
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DataParallelContext(
+        backend="torch",
+        num_replicas=world_size,
+        num_processes=world_size,
+        process_index=rank,
+        description=(
+            f"{world_size} process(es) on {device}"
+            + (", gradient all-reduce" if world_size > 1 else "")
+        ),
+    )
