@@ -10,5 +10,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet \
   -c requirements/constraints.txt \
-  -e ".[jax,tensorflow,torch,demo,eval,dev]"
+  -e ".[jax,tensorflow,torch,datasets,demo,eval,dev]"
 .venv/bin/python -c "import keras_dsd; print('keras_dsd', keras_dsd.__version__, 'installed in .venv')"

@@ -19,8 +19,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     - `ckpt-<step>.weights.h5`: every weight of the model (the trained
       network, the EMA teacher and the sampling EMA) and the optimizer's
       state, its iteration counter included;
-    - `checkpoint.json`: the epoch and optimizer step reached, the weights
-      file, and the random-number states of the model's seed generators
+    - `checkpoint.json`: the epoch, the batches seen (all epochs, the
+      partial last one of a stopped `fit` included) and the optimizer step
+      reached, the weights file, and the random-number states of the model's seed generators
       (the diffusion times and noise continue where they stopped).
 
     A new weights file is complete before `checkpoint.json` points to it,
@@ -33,7 +34,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     Data order is the data pipeline's business: resuming is exact when the
     input stream can start at a given step (see
     `keras_dsd.datasets.ImageFolder.as_dataset(start_step=...)`, and
-    `TrainingCheckpoint.read_state(directory)["step"]`).
+    `TrainingCheckpoint.read_state(directory)["batches"]`).
 
     Args:
         directory: string. Where the checkpoints live.
@@ -52,6 +53,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.keep = keep
         self.write = write
         self.restored_state = None
+        self.batches = 0
 
     @staticmethod
     def read_state(directory):
@@ -77,6 +79,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         state = self.read_state(self.directory)
+        self.batches = state["batches"] if state else 0
         if state is None:
             return
         optimizer = self.model.optimizer
@@ -104,6 +107,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         # same model must not start from the restored epoch again.
         self.model._initial_epoch = None
 
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.save_every_n_epochs == 0:
             self.save(epoch + 1)
@@ -121,6 +127,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         state = {
             "epoch": epoch,
             "step": step,
+            "batches": self.batches,
             "weights": name,
             "seed_states": [
                 np.asarray(keras.ops.convert_to_numpy(v)).tolist()

@@ -66,6 +66,7 @@ def test_resume_after_a_crash_matches_a_straight_run(tmp_path):
         _fit(crashed, [TrainingCheckpoint(directory), Crash(epoch=2)])
     state = TrainingCheckpoint.read_state(directory)
     assert state["epoch"] == 2 and state["step"] == 4
+    assert state["batches"] == 4
 
     # A new process would start from fresh (here: different) weights.
     resumed = _model(weights_seed=7)

@@ -1,0 +1,120 @@
+"""examples/train_imagenet.py end to end on a generated image folder."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXAMPLE = os.path.join(
+    os.path.dirname(__file__), "..", "examples", "train_imagenet.py"
+)
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("train_imagenet", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_then_resume_longer(tmp_path):
+    example = load_example()
+    out = str(tmp_path / "run")
+    assert example.main(["--smoke", "--output-dir", out]) == 0
+    with open(os.path.join(out, "checkpoints", "checkpoint.json")) as f:
+        assert json.load(f)["batches"] == 4
+    for name in ("loop_00001.png", "loop_00002.png"):
+        with Image.open(os.path.join(out, "samples", name)) as grid:
+            assert grid.mode == "RGB" and grid.size[0] > grid.size[1]
+    for name in ("run_config.json", "history.csv", "preset/config.json",
+                 "preset/task.weights.h5"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "tensorboard"))
+
+    # The same command with more steps continues from the checkpoint: two
+    # more loops, appended to the history.
+    assert example.main(["--smoke", "--output-dir", out, "--steps", "8"]) == 0
+    with open(os.path.join(out, "checkpoints", "checkpoint.json")) as f:
+        state = json.load(f)
+    assert state["batches"] == 8 and state["epoch"] == 4
+    with open(os.path.join(out, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_another_recipe_never_reuses_an_output_dir(tmp_path, capsys):
+    example = load_example()
+    out = str(tmp_path / "run")
+    assert example.main(["--smoke", "--output-dir", out]) == 0
+    with open(os.path.join(out, "run_config.json")) as f:
+        before = f.read()
+    checkpoint = os.path.join(out, "checkpoints", "checkpoint.json")
+    with open(checkpoint) as f:
+        state = f.read()
+    code = example.main(["--smoke", "--output-dir", out,
+                         "--learning-rate", "0.1"])
+    assert code == 2
+    assert "learning_rate: 0.0001 -> 0.1" in capsys.readouterr().err
+    # Nothing written by the first run changed.
+    with open(os.path.join(out, "run_config.json")) as f:
+        assert f.read() == before
+    with open(checkpoint) as f:
+        assert f.read() == state
+
+    stranger = tmp_path / "other"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert example.main(["--smoke", "--output-dir", str(stranger)]) == 2
+    assert "is not empty and holds no run_config.json" in (
+        capsys.readouterr().err
+    )
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def _folder(root, num_classes=3, per_class=2):
+    for label in range(num_classes):
+        folder = root / f"c{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (40, 36), (40 * label, 0, 0)).save(
+                folder / f"{i}.png"
+            )
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--image-size", "36"], "--image-size 36 is not divisible by the "
+                                 "patch size 8 of dsd_tiny"),
+        (["--num-classes", "10"], "The data has 3 classes but the model 10"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, capsys, extra, message):
+    data = _folder(tmp_path / "data")
+    argv = ["--source", "folder", "--data-dir", data, "--preset", "dsd_tiny",
+            "--image-size", "32", "--num-classes", "3",
+            "--global-batch-size", "2", "--steps", "1",
+            "--output-dir", str(tmp_path / "out")] + extra
+    assert load_example().main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out" / "checkpoints")
+
+
+def test_missing_data_dir_and_bad_flags(tmp_path, capsys):
+    example = load_example()
+    argv = ["--source", "folder", "--data-dir", str(tmp_path / "nowhere"),
+            "--output-dir", str(tmp_path / "out")]
+    assert example.main(argv) == 2
+    assert "nowhere" in capsys.readouterr().err
+    for bad in (["--sampler-typo"], ["--preset", "dsd_xl"],
+                ["--global-batch-size", "6", "--grad-accum", "4"],
+                ["--source", "folder"]):
+        with pytest.raises(SystemExit) as info:
+            example.parse_args(bad)
+        assert info.value.code == 2
