@@ -21,8 +21,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
       state, its iteration counter included;
     - `checkpoint.json`: the epoch, the batches seen (all epochs, the
       partial last one of a stopped `fit` included) and the optimizer step
-      reached, the weights file, and the random-number states of the model's seed generators
-      (the diffusion times and noise continue where they stopped).
+      reached, the weights file, and the random-number states of the
+      model's seed generators (the diffusion times and noise continue
+      where they stopped).
 
     A new weights file is complete before `checkpoint.json` points to it,
     and both are written to a temporary name and renamed, so a crash at any
