@@ -283,7 +283,7 @@ class DSDBackbone(keras.Model):
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Builds a backbone from a built-in preset name or a preset folder.
 
-        Built-in presets (`keras_dsd.models.DSDBackbone.presets`) have no
+        Built-in presets (`keras_dsd.models.presets`) have no
         pretrained weights: they return freshly initialised networks of the
         recorded architecture. A folder written by `save_to_preset` also
         restores the weights when `load_weights=True`.

@@ -197,6 +197,14 @@ class DSDImageGenerator(keras.Model):
             jit_compile = default_jit_compile()
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
+    def compile_from_config(self, config):
+        """Recompiles a loaded `.keras` model (optimizer state included),
+        so that training can continue from the file."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _preprocess(self, images):
         """uint8-scale images in [0, 255] -> float32 in [-1, 1]."""
         return ops.cast(images, "float32") / 127.5 - 1.0

@@ -493,6 +493,14 @@ def test_keras_save_and_load(trained, tmp_path):
     model.save(path)
     restored = keras.saving.load_model(path)
     _assert_same_model(restored, model)
+    # Compiled again, with the optimizer's state: training can go on.
+    assert restored.compiled
+    assert type(restored.optimizer) is type(model.optimizer)
+    for a, b in zip(restored.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(
+            test_utils.to_numpy(a), test_utils.to_numpy(b)
+        )
+    assert int(test_utils.to_numpy(restored.optimizer.iterations)) >= 1
 
 
 def test_save_to_preset_and_from_preset(trained, tmp_path):
