@@ -410,10 +410,10 @@ the sampling EMA. `save_to_preset` writes a folder in the keras-hub style
 `from_preset` reads back. Both reloaded models generate exactly the same
 digits from the same seed.
 
-While loading, Keras prints a `UserWarning` that `compile()` was not
-called: `DSDImageGenerator.compile` has its own defaults, which Keras does
-not replay. A loaded model generates, encodes and decodes right away; call
-`model.compile(...)` on it before training it further.
+The `.keras` file also holds the optimizer and its state, and the loaded
+model comes back compiled, so `fit` continues where the saved model
+stopped. A model from `from_preset` is not compiled: `compile()` it
+before training it further.
 """
 
 keras_path = os.path.join(OUTPUT_DIR, "dsd_digits.keras")
