@@ -12,33 +12,13 @@ warm-up, with the machine and its load (the CPU may be shared).
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
+from machine import describe_machine  # benchmarks/machine.py
 
 import keras_dsd
-
-
-def machine_description():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(
-        os, "sched_getaffinity"
-    ) else os.cpu_count()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores ({usable} usable), load average "
-        f"{load}; {platform.platform()}, Python {platform.python_version()}"
-    )
 
 
 def photo_like(height, width, rng):
@@ -119,7 +99,7 @@ def main():
                         help="Parallel decodes; default tf.data.AUTOTUNE.")
     args = parser.parse_args()
 
-    print(f"machine: {machine_description()}")
+    print(f"machine: {describe_machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir
         if data_dir is None:

@@ -11,27 +11,17 @@ the model step, not an input pipeline.
 """
 
 import argparse
-import os
-import platform
 import resource
 import time
 
 import keras
 import numpy as np
+from machine import describe_machine  # benchmarks/machine.py
 
 import keras_dsd
 
 
 def machine_description():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     if keras.backend.backend() == "torch":  # no keras.distribution on torch
         import torch
 
@@ -42,7 +32,7 @@ def machine_description():
                 {d.split(":")[0] for d in keras.distribution.list_devices()}
             )
         )
-    return f"{cpu}, {os.cpu_count()} cores, devices: {devices}"
+    return f"{describe_machine()}; devices: {devices}"
 
 
 def main():
