@@ -11,7 +11,8 @@ echo "=== ruff check ==="
 for backend in ${BACKENDS:-tensorflow jax torch}; do
   echo "=== KERAS_BACKEND=$backend ==="
   start=$(date +%s)
-  KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+  KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider \
+    --durations=12 "$@"
   code=$?
   echo "=== $backend: exit $code in $(( $(date +%s) - start )) s ==="
   # pytest exits 5 when it collected no test: that is a failure here too.
