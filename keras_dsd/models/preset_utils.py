@@ -90,10 +90,12 @@ def save_backbone(backbone, preset_dir):
 
 def save_task(task, preset_dir):
     save_backbone(task.backbone, preset_dir)
-    _write_json(
-        os.path.join(preset_dir, TASK_CONFIG_FILE),
-        keras.saving.serialize_keras_object(task),
-    )
+    # A preset is for inference and fine-tuning from scratch optimizer
+    # state: no compile config, so that loading never needs the optimizer's
+    # variables (which do not load across backends).
+    serialized = keras.saving.serialize_keras_object(task)
+    serialized.pop("compile_config", None)
+    _write_json(os.path.join(preset_dir, TASK_CONFIG_FILE), serialized)
     _write_weights(os.path.join(preset_dir, TASK_WEIGHTS_FILE), task)
 
 
@@ -118,6 +120,7 @@ def load_task(cls, backbone_cls, preset, load_weights=True, **kwargs):
         backbone = backbone_cls.from_preset(preset, load_weights=load_weights)
         return cls(backbone=backbone, **kwargs)
     serialized = _read_json(task_config)
+    serialized.pop("compile_config", None)
     serialized["config"].update(kwargs)
     task = keras.saving.deserialize_keras_object(serialized)
     if load_weights:

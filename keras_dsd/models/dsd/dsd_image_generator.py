@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -197,9 +199,30 @@ class DSDImageGenerator(keras.Model):
             jit_compile = default_jit_compile()
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:
+            config = {**config, "backend": keras.backend.backend()}
+        return config
+
     def compile_from_config(self, config):
         """Recompiles a loaded `.keras` model (optimizer state included),
-        so that training can continue from the file."""
+        so that training can continue from the file.
+
+        Optimizer state does not load across backends: a file saved under
+        another backend loads without an optimizer, with a warning.
+        """
+        config = dict(config)
+        backend = config.pop("backend", None)
+        if backend != keras.backend.backend():
+            warnings.warn(
+                f"This model was saved under the {backend} backend; its "
+                f"optimizer state does not load under "
+                f"{keras.backend.backend()}, so it is loaded without an "
+                f"optimizer. Call compile() before training it further.",
+                stacklevel=2,
+            )
+            return
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.built:
@@ -356,6 +379,12 @@ class DSDImageGenerator(keras.Model):
         first batch, so that a wrong image size, dtype, value range or label
         fails with a clear message instead of inside the compiled step.
         """
+        if getattr(self, "optimizer", None) is None:
+            raise ValueError(
+                "DSDImageGenerator.fit needs an optimizer: call compile() "
+                "first (a model loaded from a preset, or from a .keras file "
+                "saved under another backend, comes without one)."
+            )
         self._check_training_data(x, y)
         return super().fit(x=x, y=y, **kwargs)
 

@@ -722,3 +722,16 @@ def test_mixed_bfloat16_training():
     assert block.attention_norm.norm.compute_dtype == "float32"
     outputs = model(_data(2)[0])
     assert test_utils.to_numpy(outputs["latents"]).dtype == np.float32
+
+
+def test_compile_config_from_another_backend_is_not_replayed(trained):
+    config = trained.model.get_compile_config()
+    assert config["backend"] == BACKEND
+    fresh = _model()
+    with pytest.warns(UserWarning, match="loaded without an optimizer"):
+        fresh.compile_from_config({**config, "backend": "other"})
+    assert getattr(fresh, "optimizer", None) is None
+    with pytest.raises(ValueError, match="needs an optimizer: call compile"):
+        _fit(fresh, *_data())
+    fresh.compile_from_config(config)
+    assert type(fresh.optimizer) is type(trained.model.optimizer)
