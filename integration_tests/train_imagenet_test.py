@@ -48,23 +48,22 @@ def test_smoke_run_then_resume_longer(tmp_path):
 
 
 def test_another_recipe_never_reuses_an_output_dir(tmp_path, capsys):
+    # A previous run's files (as written by a run with the default learning
+    # rate): a restart with another learning rate must not touch them.
     example = load_example()
-    out = str(tmp_path / "run")
-    assert example.main(["--smoke", "--output-dir", out]) == 0
-    with open(os.path.join(out, "run_config.json")) as f:
-        before = f.read()
-    checkpoint = os.path.join(out, "checkpoints", "checkpoint.json")
-    with open(checkpoint) as f:
-        state = f.read()
-    code = example.main(["--smoke", "--output-dir", out,
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    previous = {"learning_rate": 0.0001, "preset": "dsd_tiny"}
+    (out / "run_config.json").write_text(json.dumps(previous))
+    (out / "checkpoints" / "notes.txt").write_text("earlier run")
+    code = example.main(["--smoke", "--output-dir", str(out),
                          "--learning-rate", "0.1"])
     assert code == 2
     assert "learning_rate: 0.0001 -> 0.1" in capsys.readouterr().err
-    # Nothing written by the first run changed.
-    with open(os.path.join(out, "run_config.json")) as f:
-        assert f.read() == before
-    with open(checkpoint) as f:
-        assert f.read() == state
+    assert json.loads((out / "run_config.json").read_text()) == previous
+    assert (out / "checkpoints" / "notes.txt").read_text() == "earlier run"
+    assert sorted(os.listdir(out)) == ["checkpoints", "run_config.json",
+                                       "smoke_data"]
 
     stranger = tmp_path / "other"
     stranger.mkdir()
