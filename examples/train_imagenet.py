@@ -189,10 +189,13 @@ def load_data(args, context, micro_batch, start_step):
         "seed": args.seed,
         "random_flip": True,
         "start_step": start_step,
-        "num_shards": context.num_processes,
-        "shard_index": context.process_index,
+        # PyTorch processes read their own shards; Keras splits the global
+        # stream across JAX hosts itself.
+        "num_shards": context.data_shards,
+        "shard_index": context.process_index if context.data_shards > 1
+        else 0,
     }
-    per_process = micro_batch // context.num_processes
+    per_process = context.per_process_batch_size(micro_batch)
     if args.source == "tfds":
         if args.manual_dir is None:
             raise ValueError("--source tfds needs --manual-dir (the folder "

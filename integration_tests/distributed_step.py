@@ -87,7 +87,7 @@ def main(output_path):
     # Each process reads its shard: element i of a global batch goes to
     # process i % num_processes (`ImageFolder.as_dataset`'s convention).
     shard = np.arange(len(images)).reshape(STEPS, GLOBAL_BATCH)
-    shard = shard[:, context.process_index::context.num_processes].ravel()
+    shard = shard[:, context.process_index::context.data_shards].ravel()
     multi_loss = train(multi, images[shard], labels[shard], batch_size)
 
     diff = max(np.abs(a - b).max() for a, b in zip(weights(multi),

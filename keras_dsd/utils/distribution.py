@@ -8,7 +8,8 @@ with context.scope():
 context.prepare_model(model)
 dataset = folder.as_dataset(
     image_size, context.per_process_batch_size(global_batch_size),
-    num_shards=context.num_processes, shard_index=context.process_index,
+    num_shards=context.data_shards,
+    shard_index=context.process_index if context.data_shards > 1 else 0,
 )
 model.fit(dataset, ...)
 ```
@@ -68,15 +69,26 @@ class DataParallelContext:
             return self.strategy.scope()
         return contextlib.nullcontext()
 
+    @property
+    def data_shards(self):
+        """How many slices of the data stream the processes read.
+
+        PyTorch processes each read their own shard. With JAX (multi-host
+        included) and TensorFlow every process passes the global stream to
+        `fit`, which splits it (Keras' `auto_shard_dataset`).
+        """
+        return self.num_processes if self.backend == "torch" else 1
+
     def per_process_batch_size(self, global_batch_size):
-        """Images each process loads per step; checks divisibility."""
+        """The batch size of this process's dataset; checks that the
+        devices divide the global batch."""
         if global_batch_size % self.num_replicas:
             raise ValueError(
                 f"The global batch size {global_batch_size} is not divisible "
                 f"by the {self.num_replicas} devices ({self.description}); "
                 f"use a multiple of {self.num_replicas}."
             )
-        return global_batch_size // self.num_processes
+        return global_batch_size // self.data_shards
 
     def prepare_model(self, model):
         """Makes multi-process PyTorch training data-parallel (see the
