@@ -293,6 +293,9 @@ def main(argv=None):
     try:
         return train(args)
     except ValueError as error:
+        if getattr(args, "training_started", False):
+            raise  # a failure inside training keeps its traceback
+        # Bad flags or data: one line, before anything was trained.
         print(f"train_imagenet.py: error: {error}", file=sys.stderr)
         return 2
 
@@ -411,6 +414,7 @@ def train(args):
         else:
             print("TensorBoard logs off: `pip install tensorboard` for them.")
     start = time.time()
+    args.training_started = True
     model.fit(
         dataset,
         epochs=loops,
