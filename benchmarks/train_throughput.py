@@ -25,7 +25,16 @@ def machine_description():
     if keras.backend.backend() == "torch":  # no keras.distribution on torch
         import torch
 
-        devices = "cuda" if torch.cuda.is_available() else "cpu"
+        devices = (
+            f"cuda ({torch.cuda.get_device_name()})"
+            if torch.cuda.is_available() else "cpu"
+        )
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        devices = ", ".join(
+            sorted({f"{d.platform} ({d.device_kind})" for d in jax.devices()})
+        )
     else:
         devices = ", ".join(
             sorted(
@@ -33,6 +42,32 @@ def machine_description():
             )
         )
     return f"{describe_machine()}; devices: {devices}"
+
+
+def accelerator_peak_memory_mib():
+    """Peak accelerator memory of this process in MiB, or `None` on CPU."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+    elif backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            stats = device.memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                return stats["peak_bytes_in_use"] / 2**20
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            info = tf.config.experimental.get_memory_info(gpus[0].name)
+            return info["peak"] / 2**20
+    return None
 
 
 def main():
@@ -100,6 +135,9 @@ def main():
         )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak host memory (max RSS): {peak_mib:.0f} MiB")
+    device_mib = accelerator_peak_memory_mib()
+    if device_mib is not None:
+        print(f"peak accelerator memory: {device_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -305,46 +305,6 @@ class CurveRecorder(keras.callbacks.Callback):
 # === The digit classifier ===
 
 
-def build_classifier():
-    """A tiny CNN on 32x32 digits: logits and 64-d penultimate features."""
-    layers = keras.layers
-    inputs = keras.Input((32, 32, 3), name="images")
-    x = layers.Rescaling(1.0 / 255.0)(inputs)
-    for filters in (32, 64, 64):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    features = layers.Dense(64, activation="relu", name="features")(x)
-    logits = layers.Dense(10, name="logits")(features)
-    classifier = keras.Model(inputs, logits, name="digit_classifier")
-    extractor = keras.Model(
-        inputs, {"features": features, "logits": logits},
-        name="digit_features",
-    )
-    return classifier, extractor
-
-
-def train_classifier(images, labels, epochs, seed):
-    keras.utils.set_random_seed(seed)
-    classifier, extractor = build_classifier()
-    classifier.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    classifier.fit(images, labels, batch_size=32, epochs=epochs,
-                   shuffle=True, verbose=0)
-    return extractor
-
-
-def classify(extractor, images):
-    """`(features, predicted classes)` as numpy."""
-    outputs = extractor.predict(images, batch_size=100, verbose=0)
-    return (
-        np.asarray(outputs["features"], "float64"),
-        np.asarray(outputs["logits"]).argmax(axis=-1),
-    )
-
-
 def classifier_fd(features, reference_stats, on_singular):
     stats = keras_dsd.metrics.feature_statistics(
         features, on_singular=on_singular
@@ -394,7 +354,9 @@ def run_mode(args, mode, data, classifier, overrides):
         os.path.join(args.output_dir, f"samples_{mode}.png"),
         rows=10, scale=2,
     )
-    features, predicted = classify(extractor, samples)
+    features, predicted = keras_dsd.metrics.classify_digits(
+        extractor, samples
+    )
     if args.save_models:
         save_model_atomically(
             model, os.path.join(args.output_dir, "models", f"{mode}.keras")
@@ -585,17 +547,22 @@ def main(argv=None):
 
     # The yardstick: a classifier trained on the held-out digits only.
     start = time.time()
-    extractor = train_classifier(
-        heldout[0], heldout[1], args.classifier_epochs, args.seed
+    extractor = keras_dsd.metrics.train_digit_classifier(
+        heldout[0], heldout[1], epochs=args.classifier_epochs, batch_size=32,
+        seed=args.seed,
     )
-    heldout_features, _ = classify(extractor, heldout[0])
+    heldout_features, _ = keras_dsd.metrics.classify_digits(
+        extractor, heldout[0]
+    )
     heldout_stats = keras_dsd.metrics.feature_statistics(
         heldout_features, on_singular=on_singular
     )
     # Checked on every training-split digit (20 per class in smoke runs).
     check = balanced_subset(train[1], 20 if args.smoke else 500)
     check_images, check_labels = train[0][check], train[1][check]
-    check_features, check_predicted = classify(extractor, check_images)
+    check_features, check_predicted = keras_dsd.metrics.classify_digits(
+        extractor, check_images
+    )
     real = balanced_subset(check_labels, args.samples_per_class)
     summary = {
         "backend": keras.backend.backend(),

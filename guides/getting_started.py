@@ -348,7 +348,11 @@ strokes. This is the known limit of a short CPU run, not a broken sampler:
 the next section shows that the network has already learned a good code
 for digits, but the denoiser has to learn to turn pure noise into the
 latent of a digit of a given class, and 500 steps are far from enough for
-that. `examples/train_digits.py` trains the same recipe for longer.
+that. `examples/train_digits.py` (the README's demo command) trains for 8
+minutes, about 2,000 steps here, with more training at high noise
+(logit-normal times with mean -0.5) and label dropout for classifier-free
+guidance: 98 % of its guided samples and 92 % of its unguided ones are
+classified as their class by a digit classifier (see the README).
 """
 
 """

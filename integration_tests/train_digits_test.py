@@ -37,12 +37,19 @@ def test_train_digits_smoke(tmp_path):
     out = tmp_path / "run"
     code = load_example().main(["--smoke", "--output-dir", str(out)])
     assert code == 0
-    for name in ("dsd_digits.keras", "samples.png", "reconstructions.png",
-                 "history.csv"):
+    for name in ("dsd_digits.keras", "samples.png", "samples_unguided.png",
+                 "reconstructions.png", "history.csv", "metrics.json"):
         assert (out / name).is_file(), name
-    samples = np.asarray(Image.open(out / "samples.png"))
-    # 10 rows (one per class) of 32x32 digits, upscaled x2, 2 px padding.
-    assert samples.shape[0] == (10 * 34 + 2) * 2
+    for name in ("samples.png", "samples_unguided.png"):
+        samples = np.asarray(Image.open(out / name))
+        # 10 rows (one per class) of 32x32 digits, upscaled x2, 2 px padding.
+        assert samples.shape[0] == (10 * 34 + 2) * 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == keras.backend.backend()
+    assert metrics["steps"] == 2 and metrics["guidance_scale"] == 3.0
+    for key in ("class_accuracy_samples", "class_accuracy_samples_unguided",
+                "classifier_accuracy_on_held_out_digits"):
+        assert 0.0 <= metrics[key] <= 1.0, key
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
     for key in ("loss", "reconstruction_loss", "diffusion_loss",
                 "latent_std", "latent_effective_rank"):
@@ -59,11 +66,18 @@ def test_train_digits_smoke(tmp_path):
 def test_train_digits_rejects_bad_flags(capsys):
     module = load_example()
     for argv in (["--batch-size", "0"], ["--sampler", "ddim"],
-                 ["--objective", "vae"]):
+                 ["--objective", "vae"], ["--guidance-scale", "nan"],
+                 ["--label-dropout", "0"], ["--label-dropout", "1.5"],
+                 ["--classifier-epochs", "-1"]):
         try:
             module.parse_args(argv)
         except SystemExit as exit:
             assert exit.code == 2
         else:
             raise AssertionError(f"{argv} was accepted")
-    assert "--batch-size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and "--label-dropout" in err
+    # Without label dropout there is no null class to guide with.
+    args = module.parse_args(["--label-dropout", "0", "--guidance-scale",
+                              "none"])
+    assert args.guidance_scale is None

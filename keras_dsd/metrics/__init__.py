@@ -1,3 +1,6 @@
+from keras_dsd.metrics.digit_classifier import build_digit_classifier
+from keras_dsd.metrics.digit_classifier import classify_digits
+from keras_dsd.metrics.digit_classifier import train_digit_classifier
 from keras_dsd.metrics.feature_extractors import EfficientNetLite0Features
 from keras_dsd.metrics.feature_extractors import InceptionV3Features
 from keras_dsd.metrics.feature_extractors import (
