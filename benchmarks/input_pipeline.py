@@ -19,23 +19,16 @@ import numpy as np
 from machine import describe_machine  # benchmarks/machine.py
 
 import keras_dsd
+from keras_dsd.utils import test_utils
 
 
 def photo_like(height, width, rng):
     """Smooth gradients, soft blobs and noise. At 500x375 and quality 90 a
     JPEG is about 90 KiB, near ImageNet's average (about 110 KiB), so that
     decoding costs about what it does on real photos."""
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    image = np.empty((height, width, 3))
-    for channel in range(3):
-        a, b, c = rng.uniform(-1, 1, 3)
-        image[..., channel] = 128 + 80 * (a * x + b * y + c * x * y)
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0, 1, 3)
-        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (0.005 + 0.05 * r))
-        image += blob[..., None] * rng.uniform(-90, 90, 3)
-    image += rng.normal(0, 18, image.shape)
-    return np.clip(image, 0, 255).astype("uint8")
+    return test_utils.photo_like_image(
+        height, width, rng, num_blobs=6, blob_size=0.005, noise=18.0
+    )
 
 
 def write_images(root, num_images, num_classes, width, height, quality):

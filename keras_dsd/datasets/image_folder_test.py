@@ -11,22 +11,14 @@ tf = pytest.importorskip("tensorflow")
 from keras_dsd.datasets import image_folder  # noqa: E402
 from keras_dsd.datasets.image_folder import ImageFolder  # noqa: E402
 from keras_dsd.datasets.image_folder import adm_center_crop  # noqa: E402
+from keras_dsd.utils import test_utils  # noqa: E402
 
 
 def natural_image(height, width, seed):
     """A photo-like test image: smooth gradients, blobs, a little noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    image = np.zeros((height, width, 3))
-    for channel in range(3):
-        a, b, c = rng.uniform(-1, 1, 3)
-        image[..., channel] = 128 + 80 * (a * x + b * y + c * x * y)
-    for _ in range(4):
-        cy, cx, r = rng.uniform(0, 1, 3)
-        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (0.02 + 0.05 * r))
-        image += blob[..., None] * rng.uniform(-90, 90, 3)
-    image += rng.normal(0, 4, image.shape)
-    return np.clip(np.round(image), 0, 255).astype("uint8")
+    return test_utils.photo_like_image(
+        height, width, np.random.default_rng(seed)
+    )
 
 
 def encode(array, fmt, mode=None, **kwargs):

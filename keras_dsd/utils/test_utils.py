@@ -10,6 +10,8 @@
   scalar function for JAX, TensorFlow and PyTorch.
 - `eager_loops()`: runs `keras.ops.fori_loop` as a Python loop, so that a
   test can count how often the loop body calls a function.
+- `photo_like_image()`: a synthetic photo (gradients, soft blobs, noise),
+  for image decoding and resizing tests and the input-pipeline benchmark.
 - `deterministic_generator()`: a `DSDImageGenerator` whose diffusion times
   and noise are fixed functions of each example's latent, so that training
   on a batch split in pieces (gradient accumulation, several devices) can be
@@ -50,6 +52,29 @@ def random_images(num_images, image_size=8, seed=0):
 def random_labels(num_images, num_classes=3, seed=0):
     rng = np.random.default_rng(seed + 1)
     return rng.integers(0, num_classes, (num_images,)).astype("int32")
+
+
+def photo_like_image(height, width, rng, num_blobs=4, blob_size=0.02,
+                     noise=4.0):
+    """A uint8 `(height, width, 3)` image with photo-like statistics.
+
+    Per-channel linear and bilinear gradients, `num_blobs` soft Gaussian
+    blobs (squared radius `blob_size + 0.05 * u`, `u` uniform) and Gaussian
+    pixel noise of std `noise`, drawn from the numpy generator `rng`.
+    """
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    image = np.zeros((height, width, 3))
+    for channel in range(3):
+        a, b, c = rng.uniform(-1, 1, 3)
+        image[..., channel] = 128 + 80 * (a * x + b * y + c * x * y)
+    for _ in range(num_blobs):
+        cy, cx, r = rng.uniform(0, 1, 3)
+        blob = np.exp(
+            -((y - cy) ** 2 + (x - cx) ** 2) / (blob_size + 0.05 * r)
+        )
+        image += blob[..., None] * rng.uniform(-90, 90, 3)
+    image += rng.normal(0, noise, image.shape)
+    return np.clip(np.round(image), 0, 255).astype("uint8")
 
 
 def randomize_weights(layer, seed=0, stddev=0.3):
