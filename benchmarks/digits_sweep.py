@@ -129,15 +129,8 @@ def main(argv=None):
         for name in args.names
     }
     if args.output:
-        keras_dsd.utils.file_utils.atomic_write(
-            args.output, lambda path: _write_json(path, results)
-        )
+        keras_dsd.utils.file_utils.write_json(args.output, results)
     return 0
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
 
 
 if __name__ == "__main__":

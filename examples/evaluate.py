@@ -241,12 +241,9 @@ def save_npz(path, **arrays):
 
 
 def write_json(path, obj):
-    def write(tmp_path):
-        with open(tmp_path, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-
-    return atomic_write(path, write)
+    return keras_dsd.utils.file_utils.write_json(
+        path, obj, default=_json_default
+    )
 
 
 def _json_default(value):

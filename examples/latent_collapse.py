@@ -45,7 +45,6 @@ Usage:
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -161,12 +160,7 @@ def finite_or_none(value):
 
 
 def write_json(path, obj):
-    def write(tmp_path):
-        with open(tmp_path, "w") as f:
-            json.dump(finite_or_none(obj), f, indent=2)
-            f.write("\n")
-
-    return atomic_write(path, write)
+    return keras_dsd.utils.file_utils.write_json(path, finite_or_none(obj))
 
 
 def write_text(path, text):

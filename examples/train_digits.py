@@ -30,7 +30,6 @@ Usage:
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -280,9 +279,8 @@ def main(argv=None):
         metrics.update(
             score_samples(args, images, labels, samples, class_labels)
         )
-    keras_dsd.utils.file_utils.atomic_write(
-        os.path.join(args.output_dir, "metrics.json"),
-        lambda path: _write_json(path, metrics),
+    keras_dsd.utils.file_utils.write_json(
+        os.path.join(args.output_dir, "metrics.json"), metrics
     )
     print(f"Wrote {os.path.abspath(args.output_dir)}/: dsd_digits.keras, "
           "preset/, samples.png, samples_unguided.png, reconstructions.png, "
@@ -327,12 +325,6 @@ def score_samples(args, images, labels, samples, class_labels):
         f"{scores['class_accuracy_samples_unguided']:.0%} (chance 10%)."
     )
     return scores
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
 
 
 if __name__ == "__main__":

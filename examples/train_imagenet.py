@@ -39,7 +39,7 @@ import numpy as np
 import keras_dsd
 from keras_dsd.callbacks import TrainingCheckpoint
 from keras_dsd.models.dsd.dsd_presets import backbone_presets
-from keras_dsd.utils.file_utils import atomic_write
+from keras_dsd.utils.file_utils import write_json
 
 # DiT's sample classes: macaw, husky, golden retriever, panda, otter, ...
 SAMPLE_CLASSES = (88, 207, 279, 360, 387, 388, 417, 974, 979, 980, 33, 812)
@@ -353,10 +353,7 @@ def train(args):
                   backend=keras.backend.backend())
     if context.is_chief:
         check_output_dir(args, recipe)
-        atomic_write(
-            os.path.join(args.output_dir, "run_config.json"),
-            lambda path: _write_json(path, recipe),
-        )
+        write_json(os.path.join(args.output_dir, "run_config.json"), recipe)
     if not context.is_chief:
         keras.config.disable_interactive_logging()
 
@@ -436,11 +433,6 @@ def train(args):
             f"Wrote {os.path.abspath(args.output_dir)}"
         )
     return 0
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
 
 
 if __name__ == "__main__":

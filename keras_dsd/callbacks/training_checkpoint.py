@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from keras_dsd.utils.file_utils import atomic_write
+from keras_dsd.utils.file_utils import write_json
 
 STATE_FILE = "checkpoint.json"
 
@@ -135,10 +136,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 for v in self._seed_states()
             ],
         }
-        atomic_write(
-            os.path.join(self.directory, STATE_FILE),
-            lambda path: _write_json(path, state),
-        )
+        write_json(os.path.join(self.directory, STATE_FILE), state)
         # Only now that the state points to the new file: drop the oldest.
         names = sorted(
             n for n in os.listdir(self.directory)
@@ -147,7 +145,3 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         for old in names[: -self.keep]:
             os.remove(os.path.join(self.directory, old))
 
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)

@@ -18,6 +18,7 @@ import os
 import keras
 
 from keras_dsd.utils.file_utils import atomic_write
+from keras_dsd.utils.file_utils import write_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -48,14 +49,6 @@ def check_preset(preset):
     )
 
 
-def _write_json(path, obj):
-    def write(tmp_path):
-        with open(tmp_path, "w") as f:
-            json.dump(obj, f, indent=2)
-
-    atomic_write(path, write)
-
-
 def _write_weights(path, model):
     def write(tmp_path):
         os.remove(tmp_path)  # h5py refuses to overwrite an empty file
@@ -71,14 +64,14 @@ def _read_json(path):
 
 def save_backbone(backbone, preset_dir):
     os.makedirs(preset_dir, exist_ok=True)
-    _write_json(
+    write_json(
         os.path.join(preset_dir, CONFIG_FILE),
         keras.saving.serialize_keras_object(backbone),
     )
     _write_weights(os.path.join(preset_dir, WEIGHTS_FILE), backbone)
     from keras_dsd.version import __version__
 
-    _write_json(
+    write_json(
         os.path.join(preset_dir, METADATA_FILE),
         {
             "keras_dsd_version": __version__,
@@ -95,7 +88,7 @@ def save_task(task, preset_dir):
     # variables (which do not load across backends).
     serialized = keras.saving.serialize_keras_object(task)
     serialized.pop("compile_config", None)
-    _write_json(os.path.join(preset_dir, TASK_CONFIG_FILE), serialized)
+    write_json(os.path.join(preset_dir, TASK_CONFIG_FILE), serialized)
     _write_weights(os.path.join(preset_dir, TASK_WEIGHTS_FILE), task)
 
 

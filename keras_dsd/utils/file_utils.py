@@ -1,5 +1,6 @@
 """Writing files so that a crash never leaves a partial file in place."""
 
+import json
 import os
 import tempfile
 
@@ -28,3 +29,17 @@ def atomic_write(path, write_fn):
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
     return path
+
+
+def write_json(path, value, default=None):
+    """Writes `value` as indented JSON (plus a final newline), atomically.
+
+    `default` is passed to `json.dump` for objects it cannot serialise.
+    Returns `path`.
+    """
+    def write(tmp_path):
+        with open(tmp_path, "w") as f:
+            json.dump(value, f, indent=2, default=default)
+            f.write("\n")
+
+    return atomic_write(path, write)
