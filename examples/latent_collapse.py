@@ -54,8 +54,9 @@ import keras
 import numpy as np
 
 import keras_dsd
+from keras_dsd.models.dsd.objectives import OBJECTIVES
 
-MODES = ("naive", "decoupled", "dsd")
+MODES = tuple(OBJECTIVES)
 CURVE_KEYS = (
     "latent_effective_rank",
     "latent_std",

@@ -38,6 +38,8 @@ import keras
 import numpy as np
 
 import keras_dsd
+from keras_dsd.models.dsd.dsd_image_generator import TIME_DISTRIBUTIONS
+from keras_dsd.models.dsd.objectives import OBJECTIVES
 
 
 def parse_args(argv=None):
@@ -53,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--latent-channels", type=int, default=None,
                         help="Override the preset's latent channels c.")
     parser.add_argument("--objective", default="dsd",
-                        choices=["dsd", "decoupled", "naive"],
+                        choices=list(OBJECTIVES),
                         help="Training objective (naive/decoupled are the "
                              "paper's ablations).")
     parser.add_argument("--minutes", type=float, default=8.0,
@@ -77,7 +79,7 @@ def parse_args(argv=None):
                              "is 0.05; a larger clamp caps the weight of "
                              "nearly clean times, which helped short runs).")
     parser.add_argument("--time-distribution", default="logit_normal",
-                        choices=["logit_normal", "uniform"],
+                        choices=TIME_DISTRIBUTIONS,
                         help="Distribution of the training times t.")
     parser.add_argument("--time-mean", type=float, default=-0.5,
                         help="Mean of the logit-normal time distribution "

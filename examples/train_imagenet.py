@@ -38,7 +38,9 @@ import numpy as np
 
 import keras_dsd
 from keras_dsd.callbacks import TrainingCheckpoint
+from keras_dsd.models.dsd.dsd_image_generator import TIME_DISTRIBUTIONS
 from keras_dsd.models.dsd.dsd_presets import backbone_presets
+from keras_dsd.models.dsd.objectives import OBJECTIVES
 from keras_dsd.utils.file_utils import write_json
 
 # DiT's sample classes: macaw, husky, golden retriever, panda, otter, ...
@@ -81,7 +83,7 @@ def parse_args(argv=None):
                        help="Classes of a new model; defaults to the "
                             "preset's. Must equal the data's class count.")
     model.add_argument("--objective", default="dsd",
-                       choices=["dsd", "decoupled", "naive"],
+                       choices=list(OBJECTIVES),
                        help="Training objective (decoupled and naive are "
                             "the paper's ablations).")
     model.add_argument("--teacher-decay", type=float, default=0.999,
@@ -89,7 +91,7 @@ def parse_args(argv=None):
     model.add_argument("--ema-decay", type=float, default=0.9999,
                        help="EMA decay of the sampling weights.")
     model.add_argument("--time-distribution", default="logit_normal",
-                       choices=["logit_normal", "uniform"])
+                       choices=TIME_DISTRIBUTIONS)
     model.add_argument("--t-min", type=float, default=0.05,
                        help="Clamp of 1 - t in the loss weight.")
     model.add_argument("--label-dropout", type=float, default=0.0,

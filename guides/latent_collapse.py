@@ -80,7 +80,7 @@ OUTPUT_DIR = os.path.join(
     "latent_collapse",
 )
 os.makedirs(OUTPUT_DIR, exist_ok=True)
-MODES = ("naive", "decoupled", "dsd")
+MODES = tuple(objectives.OBJECTIVES)
 guide_start = time.time()
 print(f"Keras {keras.__version__} on {keras.backend.backend()}, keras_dsd "
       f"{keras_dsd.__version__}; fast mode: {FAST}; outputs in {OUTPUT_DIR}")

@@ -5,12 +5,47 @@ function `sampler(velocity_fn, latents, timesteps)` written with
 `keras.ops.fori_loop`, so that it compiles into one program on every
 backend. `velocity_fn(z, t)` takes the latents and a scalar time.
 
-To add a sampler, write one function here and add it to `SAMPLERS` and
-`num_function_evaluations`.
+`SAMPLERS` is the registry: each entry records the function and its
+number of network evaluations for a given step count. To add a sampler,
+write one function here under `@register_sampler(name, nfe)`.
 """
+
+import dataclasses
+from typing import Callable
 
 import numpy as np
 from keras import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """One registered sampler.
+
+    Attributes:
+        name: string. The name `generate(sampler=...)` takes.
+        fn: callable `(velocity_fn, latents, timesteps)` -> latents at the
+            last time of `timesteps`.
+        num_function_evaluations: callable `num_steps` -> network
+            evaluations (NFE) of `num_steps` steps.
+    """
+
+    name: str
+    fn: Callable
+    num_function_evaluations: Callable
+
+
+SAMPLERS = {}
+
+
+def register_sampler(name, num_function_evaluations):
+    """Decorator: adds the decorated function to `SAMPLERS` as `name`,
+    with `num_function_evaluations(num_steps)` its NFE."""
+
+    def register(fn):
+        SAMPLERS[name] = Sampler(name, fn, num_function_evaluations)
+        return fn
+
+    return register
 
 
 def time_grid(num_steps, shift=1.0):
@@ -21,12 +56,12 @@ def time_grid(num_steps, shift=1.0):
     `t = 1 - sigma`: `t = s / (1 + (shift - 1) * (1 - s))` on a uniform `s`.
     """
     check_num_steps(num_steps)
-    if not shift > 0:
-        raise ValueError(f"`shift` must be > 0, got shift={shift!r}.")
+    check_time_shift(shift)
     s = np.linspace(0.0, 1.0, num_steps + 1)
     return (s / (1.0 + (shift - 1.0) * (1.0 - s))).astype("float32")
 
 
+@register_sampler("euler", lambda num_steps: num_steps)
 def euler(velocity_fn, latents, timesteps):
     """Explicit Euler: one network evaluation per step."""
     timesteps = ops.convert_to_tensor(timesteps, "float32")
@@ -40,6 +75,7 @@ def euler(velocity_fn, latents, timesteps):
     return ops.fori_loop(0, num_steps, step, latents)
 
 
+@register_sampler("heun", lambda num_steps: 2 * num_steps - 1)
 def heun(velocity_fn, latents, timesteps):
     """Heun's second-order method; the last step is an Euler step.
 
@@ -64,9 +100,6 @@ def heun(velocity_fn, latents, timesteps):
     return z + (t1 - t0) * velocity_fn(z, t0)
 
 
-SAMPLERS = {"euler": euler, "heun": heun}
-
-
 def check_num_steps(num_steps):
     if isinstance(num_steps, bool) or not isinstance(
         num_steps, (int, np.integer)
@@ -77,14 +110,27 @@ def check_num_steps(num_steps):
     return int(num_steps)
 
 
-def get(name):
-    """Returns the sampler function called `name` (`"euler"` or `"heun"`)."""
+def check_sampler(name):
+    """Returns `name` if it is a registered sampler, else raises a clear
+    `ValueError`."""
     if name not in SAMPLERS:
         raise ValueError(
             f"Unknown sampler: sampler={name!r}. Expected one of "
             f"{sorted(SAMPLERS)}."
         )
-    return SAMPLERS[name]
+    return name
+
+
+def check_time_shift(shift):
+    """Returns `shift` if it is a valid time-grid shift (a float > 0)."""
+    if not shift > 0:
+        raise ValueError(f"`shift` must be > 0, got shift={shift!r}.")
+    return shift
+
+
+def get(name):
+    """Returns the sampler function called `name` (see `SAMPLERS`)."""
+    return SAMPLERS[check_sampler(name)].fn
 
 
 def num_function_evaluations(name, num_steps):
@@ -92,6 +138,5 @@ def num_function_evaluations(name, num_steps):
 
     With classifier-free guidance each evaluation runs a doubled batch.
     """
-    get(name)
-    num_steps = check_num_steps(num_steps)
-    return num_steps if name == "euler" else 2 * num_steps - 1
+    sampler = SAMPLERS[check_sampler(name)]
+    return sampler.num_function_evaluations(check_num_steps(num_steps))

@@ -260,3 +260,39 @@ def test_registry():
     assert samplers.get("euler") is samplers.euler
     assert samplers.get("heun") is samplers.heun
     assert keras.backend.backend() in ("jax", "tensorflow", "torch")
+
+
+def test_a_new_sampler_is_one_registered_function(monkeypatch):
+    # A throwaway midpoint sampler: registering it is the only edit, and
+    # its recorded NFE is what a real run of it calls.
+    monkeypatch.setattr(samplers, "SAMPLERS", dict(samplers.SAMPLERS))
+
+    @samplers.register_sampler("midpoint", lambda num_steps: 2 * num_steps)
+    def midpoint(velocity_fn, latents, timesteps):
+        timesteps = ops.convert_to_tensor(timesteps, "float32")
+
+        def step(i, z):
+            t0 = ops.take(timesteps, i)
+            dt = ops.take(timesteps, i + 1) - t0
+            half = z + 0.5 * dt * velocity_fn(z, t0)
+            return z + dt * velocity_fn(half, t0 + 0.5 * dt)
+
+        return ops.fori_loop(0, timesteps.shape[0] - 1, step, latents)
+
+    calls = []
+
+    def velocity(z, t):
+        calls.append(1)
+        return analytic_velocity(z, t)
+
+    with test_utils.eager_loops():
+        _sample("midpoint", velocity, _noise(8), 3)
+    assert samplers.check_sampler("midpoint") == "midpoint"
+    assert samplers.get("midpoint") is midpoint
+    assert samplers.num_function_evaluations("midpoint", 3) == len(calls) == 6
+
+
+def test_check_sampler():
+    assert samplers.check_sampler("heun") == "heun"
+    with pytest.raises(ValueError, match="sampler='rk4'.*Expected one of"):
+        samplers.check_sampler("rk4")

@@ -488,8 +488,8 @@ class DSDImageGenerator(keras.Model):
         network = self.inference_backbone
         labels = validation.check_labels(class_labels, network.num_classes)
         num_steps = samplers.check_num_steps(num_steps)
-        samplers.get(sampler)
-        samplers.time_grid(num_steps, time_shift)
+        samplers.check_sampler(sampler)
+        samplers.check_time_shift(time_shift)
         batch_size = validation.check_positive_int(batch_size, "batch_size")
         if guidance_scale is not None and not np.isfinite(guidance_scale):
             raise ValueError(

@@ -1,4 +1,4 @@
-"""The training objectives of DSD and its ablations, in one place.
+"""The training objectives of DSD and its ablations, in one table.
 
 With `z_t = t * z1 + (1 - t) * eps` (t = 1 clean, t = 0 noise):
 
@@ -14,26 +14,92 @@ it equal to the velocity loss (the identity
 `||v - (z - eps)||^2 = ||z_hat - z||^2 / (1 - t)^2` for
 `v = (z_hat - z_t) / (1 - t)`).
 
-To add a mode, add one entry to `OBJECTIVES` and one branch to
-`diffusion_loss` and `velocity_from_prediction`.
+Each mode is one `Objective` record in `OBJECTIVES`: what the network
+predicts, whether the mode reads a separate (stop-gradient) target latent,
+and its per-example loss term. To add a mode, add one entry to the table;
+the task, the samplers and the scripts' `--objective` choices read it from
+there.
 """
+
+import dataclasses
+from typing import Callable
 
 from keras import ops
 
-OBJECTIVES = ("naive", "decoupled", "dsd")
-
-# Which modes read a separate target latent `z2` (and so may use a teacher).
-USES_TARGET_LATENT = {"naive": False, "decoupled": True, "dsd": True}
-# Which modes make the network predict the clean latent (vs the velocity).
-PREDICTS_CLEAN_LATENT = {"naive": False, "decoupled": False, "dsd": True}
+CLEAN_LATENT = "clean_latent"
+VELOCITY = "velocity"
 
 
-def check_objective(objective):
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One objective mode.
+
+    Attributes:
+        name: string. The mode's name, as passed to `DSDImageGenerator`.
+        output: string. What the network predicts: `"clean_latent"` or
+            `"velocity"`.
+        uses_target_latent: bool. Whether the loss reads a separate target
+            latent `z2` (then a stop-gradient is applied to it, and the
+            task may take it from an EMA teacher). `False` means the target
+            is built from the online latent, gradients included.
+        loss: callable `(prediction, online, target, noise, t, t_min)` ->
+            per-example loss `(B,)` in float32. `target` is `None` when
+            `uses_target_latent` is `False`, else already stop-gradient.
+    """
+
+    name: str
+    output: str
+    uses_target_latent: bool
+    loss: Callable
+
+
+def _per_example_mse(a, b):
+    return ops.mean(ops.square(a - b), axis=(1, 2))
+
+
+def _naive_loss(prediction, online, target, noise, t, t_min):
+    return _per_example_mse(prediction, online - noise)
+
+
+def _decoupled_loss(prediction, online, target, noise, t, t_min):
+    return _per_example_mse(prediction, target - noise)
+
+
+def _dsd_loss(prediction, online, target, noise, t, t_min):
+    return dsd_loss_weight(t, t_min) * _per_example_mse(prediction, target)
+
+
+OBJECTIVES = {
+    objective.name: objective
+    for objective in (
+        Objective("naive", VELOCITY, False, _naive_loss),
+        Objective("decoupled", VELOCITY, True, _decoupled_loss),
+        Objective("dsd", CLEAN_LATENT, True, _dsd_loss),
+    )
+}
+
+# Views of the table, kept for readers of the earlier module constants.
+USES_TARGET_LATENT = {
+    name: o.uses_target_latent for name, o in OBJECTIVES.items()
+}
+PREDICTS_CLEAN_LATENT = {
+    name: o.output == CLEAN_LATENT for name, o in OBJECTIVES.items()
+}
+
+
+def get(objective):
+    """Returns the `Objective` record called `objective`, or raises a clear
+    `ValueError`."""
     if objective not in OBJECTIVES:
         raise ValueError(
             f"Unknown objective: objective={objective!r}. Expected one of "
             f"{list(OBJECTIVES)}."
         )
+    return OBJECTIVES[objective]
+
+
+def check_objective(objective):
+    get(objective)
     return objective
 
 
@@ -53,36 +119,38 @@ def diffusion_loss(objective, prediction, online_latents, target_latents,
     """Mean diffusion loss of one batch, in float32.
 
     Args:
-        objective: string. One of `"naive"`, `"decoupled"`, `"dsd"`.
+        objective: string. A name in `OBJECTIVES`.
         prediction: `(B, N, c)` network output (velocity or clean latent).
         online_latents: `(B, N, c)` `z1` from the online encoder (gradients
             flow through it).
         target_latents: `(B, N, c)` `z2`, the target latent (teacher or
-            online), or `None` for `"naive"`. A stop-gradient is applied here.
+            online), or `None` for a mode without one. A stop-gradient is
+            applied here.
         noise: `(B, N, c)` the `eps` that built `z_t`.
         t: `(B,)` times in `[0, 1]`.
         t_min: float. Lower clamp of `1 - t` in the `dsd` weight.
     """
-    check_objective(objective)
+    record = get(objective)
     prediction = ops.cast(prediction, "float32")
-    if objective == "naive":
-        target = online_latents - noise
-        return ops.mean(ops.square(prediction - target))
-    target_latents = ops.stop_gradient(ops.convert_to_tensor(target_latents))
-    if objective == "decoupled":
-        target = target_latents - noise
-        return ops.mean(ops.square(prediction - target))
-    per_example = ops.mean(ops.square(prediction - target_latents), axis=(1, 2))
-    return ops.mean(dsd_loss_weight(t, t_min) * per_example)
+    if record.uses_target_latent:
+        target_latents = ops.stop_gradient(
+            ops.convert_to_tensor(target_latents)
+        )
+    else:
+        target_latents = None
+    per_example = record.loss(
+        prediction, online_latents, target_latents, noise, t, t_min
+    )
+    return ops.mean(per_example)
 
 
 def velocity_from_prediction(objective, prediction, noisy, t, t_min):
     """The probability-flow velocity `dz/dt` from the network output.
 
-    For the clean-latent mode `v = (z_hat - z_t) / max(1 - t, t_min)`; the
+    For a clean-latent mode `v = (z_hat - z_t) / max(1 - t, t_min)`; the
     velocity modes return the output as it is. `t` is a scalar or `(B,)`.
     """
-    if not PREDICTS_CLEAN_LATENT[objective]:
+    if get(objective).output == VELOCITY:
         return prediction
     t = ops.reshape(ops.cast(t, "float32"), (-1, 1, 1))
     return (prediction - noisy) / ops.maximum(1.0 - t, t_min)
