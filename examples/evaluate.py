@@ -65,7 +65,6 @@ FRECHET_METRICS = {
     "fd-effnet": ("FD-EffNetLite0", "EffNetLite0"),
     "fid": ("FID", "InceptionV3"),
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 RANDOM_INCEPTION = "random"  # --inception-weights random: tests only.
 NOTES = {
     "FD-EffNetLite0": (
@@ -309,12 +308,12 @@ def inspect_reference(path):
     if os.path.isdir(path):
         files = sorted(
             name for name in os.listdir(path)
-            if name.lower().endswith(IMAGE_EXTENSIONS)
+            if name.lower().endswith(keras_dsd.datasets.IMAGE_EXTENSIONS)
         )
         if not files:
             raise _reference_error(
                 path, f"the folder holds no image files "
-                f"({', '.join(IMAGE_EXTENSIONS)})."
+                f"({', '.join(keras_dsd.datasets.IMAGE_EXTENSIONS)})."
             )
         from PIL import Image
 

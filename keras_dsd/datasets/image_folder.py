@@ -32,7 +32,12 @@ import numpy as np
 
 from keras_dsd.utils import validation
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
+# The image files the library reads (image folders, evaluation references).
+# JPEG, PNG, GIF and BMP decode in TensorFlow; WebP and TIFF fail its
+# `looks_complete` check and are decoded by PIL (see `_rescue`), slower.
+IMAGE_EXTENSIONS = (
+    ".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+)
 
 # A file whose first bytes and trailer do not look like a complete image is
 # handed to PIL; if PIL cannot decode it either, its slot in the stream is
@@ -41,7 +46,9 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
 _MAX_SUBSTITUTES = 8
 
 
-def _tensorflow():
+def import_tensorflow():
+    """Imports TensorFlow, or says how to install it (the pipelines run on
+    tf.data)."""
     try:
         import tensorflow as tf
     except ImportError:
@@ -302,7 +309,7 @@ class ImageFolder(ImageSource):
         return self.num_images
 
     def read_elements(self, dataset):
-        tf = _tensorflow()
+        tf = import_tensorflow()
         paths = tf.constant(self.paths)
         labels = tf.constant(self.labels)
 
@@ -364,7 +371,7 @@ def looks_complete(contents):
     foreign or cut-short files can be routed away from TensorFlow's
     decoders, which would fail on them or fill missing rows with gray.
     """
-    tf = _tensorflow()
+    tf = import_tensorflow()
     size = tf.strings.length(contents)
 
     def head(length):
@@ -411,7 +418,7 @@ def decode_rgb(contents):
     `tf.io.decode_image` (first frame of a GIF). Gray, CMYK and RGBA become
     RGB (alpha is dropped, as PIL's `convert("RGB")` does).
     """
-    tf = _tensorflow()
+    tf = import_tensorflow()
 
     def jpeg():
         return tf.io.decode_jpeg(
@@ -442,7 +449,7 @@ def _box_halve(image, axis):
     float64 expressions, so that ties fall the same way; the mean is
     rounded half up, as PIL's fixed point does.
     """
-    tf = _tensorflow()
+    tf = import_tensorflow()
     size = tf.shape(image)[axis]
     return tf.cond(
         size % 2 == 0,
@@ -507,7 +514,7 @@ def adm_center_crop(image, image_size):
     Returns:
         uint8 tensor `(image_size, image_size, 3)`.
     """
-    tf = _tensorflow()
+    tf = import_tensorflow()
     image = tf.cast(image, tf.float32)
 
     def large(image):
@@ -589,7 +596,7 @@ def _rescue(source, contents, label, name, item):
 
 
 # === The pipeline ===
-def _check_as_dataset_args(
+def check_as_dataset_args(
     image_size,
     batch_size,
     seed,
@@ -639,7 +646,7 @@ def index_stream(num_items, *, shuffle=True, seed=0, repeat=True, start=0):
     (Philox), or `i % num_items` without `shuffle`. Starting at `start`
     costs one permutation, however large `start` is.
     """
-    tf = _tensorflow()
+    tf = import_tensorflow()
     first_epoch, offset = divmod(int(start), int(num_items))
     last_epoch = np.iinfo(np.int64).max if repeat else 1
     epochs = tf.data.Dataset.range(first_epoch, max(first_epoch, last_epoch))
@@ -691,7 +698,7 @@ def build_image_dataset(
     `substitute_item(item)` and `report_skipped(name, reason)`. Arguments
     as in `ImageFolder.as_dataset`.
     """
-    _check_as_dataset_args(
+    check_as_dataset_args(
         image_size,
         batch_size,
         seed,
@@ -700,7 +707,7 @@ def build_image_dataset(
         shard_index,
         num_parallel_calls,
     )
-    tf = _tensorflow()
+    tf = import_tensorflow()
     if num_parallel_calls is None:
         num_parallel_calls = tf.data.AUTOTUNE
     image_size = int(image_size)

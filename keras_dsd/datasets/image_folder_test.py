@@ -407,3 +407,21 @@ def test_fit_on_the_dataset(tree):
     )
     assert np.isfinite(history.history["loss"][-1])
     assert keras.backend.backend() in ("jax", "tensorflow", "torch")
+
+
+def test_webp_and_tiff_are_read_through_pil(tmp_path):
+    # Formats TensorFlow cannot decode take the PIL path, uncounted as
+    # skipped, and give the same crop as PIL's own decoding.
+    root = tmp_path / "formats"
+    os.makedirs(root / "a")
+    arrays = [natural_image(40, 50, seed=s) for s in range(2)]
+    Image.fromarray(arrays[0]).save(root / "a" / "0.webp", lossless=True)
+    Image.fromarray(arrays[1]).save(root / "a" / "1.tiff")
+    folder = ImageFolder(str(root))
+    assert [os.path.basename(p) for p in folder.paths] == ["0.webp", "1.tiff"]
+    dataset = folder.as_dataset(16, 2, shuffle=False, random_flip=False)
+    images, _ = stream(dataset, 1)
+    for array, image in zip(arrays, images):
+        difference = np.abs(image.astype(int) - pil_center_crop(array, 16))
+        assert difference.mean() < 0.5 and difference.max() <= 3
+    assert folder.skipped_files == []

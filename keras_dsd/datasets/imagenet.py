@@ -15,9 +15,9 @@ import numpy as np
 
 from keras_dsd.datasets.image_folder import ImageFolder
 from keras_dsd.datasets.image_folder import ImageSource
-from keras_dsd.datasets.image_folder import _check_as_dataset_args
-from keras_dsd.datasets.image_folder import _tensorflow
 from keras_dsd.datasets.image_folder import build_image_dataset
+from keras_dsd.datasets.image_folder import check_as_dataset_args
+from keras_dsd.datasets.image_folder import import_tensorflow
 from keras_dsd.utils import validation
 
 IMAGENET_NUM_CLASSES = 1000
@@ -178,7 +178,7 @@ class TfdsImageSource(ImageSource):
         return contents, labels, names
 
     def read_elements(self, dataset):
-        tf = _tensorflow()
+        tf = import_tensorflow()
 
         def read(indices, items):
             contents, labels, names = tf.numpy_function(
@@ -252,7 +252,7 @@ def imagenet_tfds(
     )
     arguments.apply_defaults()
     options = dict(arguments.arguments)
-    _check_as_dataset_args(
+    check_as_dataset_args(
         image_size,
         batch_size,
         options["seed"],
