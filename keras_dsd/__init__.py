@@ -5,6 +5,7 @@ from keras_dsd import datasets
 from keras_dsd import layers
 from keras_dsd import metrics
 from keras_dsd import models
+from keras_dsd import recipes
 from keras_dsd import samplers
 from keras_dsd import utils
 from keras_dsd.version import __version__

@@ -1,0 +1,48 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_dsd import recipes
+from keras_dsd.utils import test_utils
+
+
+def test_warmup_schedule_is_linear_then_constant():
+    schedule = recipes.warmup_schedule(2e-3, 100)
+    for step, expected in ((0, 0.0), (25, 5e-4), (50, 1e-3), (100, 2e-3),
+                           (101, 2e-3), (5000, 2e-3)):
+        value = float(test_utils.to_numpy(schedule(step)))
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-9)
+    assert recipes.warmup_schedule(1e-4, 0) == 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(recipes.RECIPES))
+def test_every_recipe_builds_a_compiled_model(name):
+    # On dsd_tiny, so that the ImageNet recipe builds in a second.
+    recipe = recipes.get(name).replace(preset="dsd_tiny")
+    model = recipe.build_model(seed=3)
+    for key, value in recipe.generator.items():
+        assert getattr(model, key) == value, key
+    assert model.seed == 3
+    optimizer = model.optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert optimizer.clipnorm == recipe.clipnorm
+    np.testing.assert_allclose(
+        float(test_utils.to_numpy(optimizer.weight_decay or 0.0)),
+        recipe.weight_decay,
+    )
+
+
+def test_replace_merges_generator_and_sampling():
+    digits = recipes.get("digits")
+    changed = digits.replace(
+        generator={"t_min": 0.05}, sampling={"num_steps": 4}, batch_size=8
+    )
+    assert changed.generator == {**digits.generator, "t_min": 0.05}
+    assert changed.sampling == {**digits.sampling, "num_steps": 4}
+    assert changed.batch_size == 8
+    assert digits.generator["t_min"] == 0.25  # the original is unchanged
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError, match="name='cifar'.*Expected one of"):
+        recipes.get("cifar")
