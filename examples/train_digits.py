@@ -41,20 +41,29 @@ import keras_dsd
 from keras_dsd.models.dsd.dsd_image_generator import TIME_DISTRIBUTIONS
 from keras_dsd.models.dsd.objectives import OBJECTIVES
 
+# Every default below comes from the library's `digits` recipe; the flags
+# only let a run change them.
+RECIPE = keras_dsd.recipes.get("digits")
+# The recipe's DSDImageGenerator settings that have a flag here.
+FLAG_SETTINGS = (
+    "objective", "t_min", "time_distribution", "time_mean", "teacher_decay",
+    "ema_decay", "label_dropout",
+)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default="dsd_tiny",
+    parser.add_argument("--preset", default=RECIPE.preset,
                         help="Backbone preset (32x32 images, 10 classes).")
     parser.add_argument("--patch-size", type=int, default=None,
                         help="Override the preset's patch size (must "
                              "divide 32).")
     parser.add_argument("--latent-channels", type=int, default=None,
                         help="Override the preset's latent channels c.")
-    parser.add_argument("--objective", default="dsd",
+    parser.add_argument("--objective", default=RECIPE.generator["objective"],
                         choices=list(OBJECTIVES),
                         help="Training objective (naive/decoupled are the "
                              "paper's ablations).")
@@ -64,27 +73,35 @@ def parse_args(argv=None):
                              "first.")
     parser.add_argument("--epochs", type=int, default=200,
                         help="Maximum number of epochs over the 5,000 digits.")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2e-3,
+    parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
+    parser.add_argument("--learning-rate", type=float,
+                        default=RECIPE.learning_rate,
                         help="Peak AdamW learning rate.")
-    parser.add_argument("--warmup-steps", type=int, default=100,
+    parser.add_argument("--warmup-steps", type=int,
+                        default=RECIPE.warmup_steps,
                         help="Linear learning-rate warm-up.")
-    parser.add_argument("--teacher-decay", type=float, default=0.999,
+    parser.add_argument("--teacher-decay", type=float,
+                        default=RECIPE.generator["teacher_decay"],
                         help="EMA decay of the teacher (with warm-up).")
-    parser.add_argument("--ema-decay", type=float, default=0.9999,
+    parser.add_argument("--ema-decay", type=float,
+                        default=RECIPE.generator["ema_decay"],
                         help="EMA decay of the sampling weights (warm-up).")
-    parser.add_argument("--t-min", type=float, default=0.25,
+    parser.add_argument("--t-min", type=float,
+                        default=RECIPE.generator["t_min"],
                         help="Clamp of 1 - t in the loss weight "
                              "1 / max(1 - t, t_min)^2 (the library default "
                              "is 0.05; a larger clamp caps the weight of "
                              "nearly clean times, which helped short runs).")
-    parser.add_argument("--time-distribution", default="logit_normal",
+    parser.add_argument("--time-distribution",
+                        default=RECIPE.generator["time_distribution"],
                         choices=TIME_DISTRIBUTIONS,
                         help="Distribution of the training times t.")
-    parser.add_argument("--time-mean", type=float, default=-0.5,
+    parser.add_argument("--time-mean", type=float,
+                        default=RECIPE.generator["time_mean"],
                         help="Mean of the logit-normal time distribution "
                              "(negative: more training at high noise).")
-    parser.add_argument("--label-dropout", type=float, default=0.1,
+    parser.add_argument("--label-dropout", type=float,
+                        default=RECIPE.generator["label_dropout"],
                         help="Probability of training with the null class "
                              "instead of the label; needed for "
                              "classifier-free guidance.")
@@ -96,9 +113,10 @@ def parse_args(argv=None):
     parser.add_argument("--classifier-epochs", type=int, default=3,
                         help="Epochs of the digit classifier that scores "
                              "the samples (0: no scoring).")
-    parser.add_argument("--sampler", default="heun",
+    parser.add_argument("--sampler", default=RECIPE.sampling["sampler"],
                         choices=sorted(keras_dsd.samplers.SAMPLERS))
-    parser.add_argument("--num-steps", type=int, default=16,
+    parser.add_argument("--num-steps", type=int,
+                        default=RECIPE.sampling["num_steps"],
                         help="Sampler steps (Heun: 2*steps-1 evaluations).")
     parser.add_argument("--samples-per-class", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -131,7 +149,8 @@ def _optional_float(value):
     return number
 
 
-def build_model(args, steps_per_epoch):
+def build_model(args):
+    """The digits recipe with this run's flags."""
     overrides = {
         name: value
         for name, value in (
@@ -140,34 +159,17 @@ def build_model(args, steps_per_epoch):
         )
         if value is not None
     }
-    backbone = keras_dsd.models.DSDBackbone.from_preset(
-        args.preset, **overrides
-    )
-    model = keras_dsd.models.DSDImageGenerator(
-        backbone=backbone,
-        objective=args.objective,
-        t_min=args.t_min,
-        time_distribution=args.time_distribution,
-        time_mean=args.time_mean,
-        teacher_decay=args.teacher_decay,
-        ema_decay=args.ema_decay,
-        label_dropout=args.label_dropout,
-        seed=args.seed,
-    )
-    total_steps = args.epochs * steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(total_steps - args.warmup_steps, 1),
-        alpha=1.0,  # constant after the warm-up
-        warmup_target=args.learning_rate,
+    recipe = RECIPE.replace(
+        preset=args.preset,
+        generator={name: getattr(args, name) for name in FLAG_SETTINGS},
+        learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size,
     )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=0.0, clipnorm=1.0
-        )
+    backbone = keras_dsd.models.DSDBackbone.from_preset(
+        recipe.preset, **overrides
     )
-    return model
+    return recipe.build_model(backbone, seed=args.seed)
 
 
 def save_model_atomically(model, path):
@@ -186,8 +188,7 @@ def main(argv=None):
         args.epochs, args.batch_size, args.num_steps = 1, 64, 2
         args.samples_per_class = 1
         args.classifier_epochs = min(args.classifier_epochs, 1)
-    steps_per_epoch = int(np.ceil(len(images) / args.batch_size))
-    model = build_model(args, steps_per_epoch)
+    model = build_model(args)
     print(
         f"keras_dsd {keras_dsd.__version__} | backend "
         f"{keras.backend.backend()} | {args.preset}: "
