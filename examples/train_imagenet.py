@@ -43,6 +43,14 @@ from keras_dsd.models.dsd.dsd_presets import backbone_presets
 from keras_dsd.models.dsd.objectives import OBJECTIVES
 from keras_dsd.utils.file_utils import write_json
 
+# Every model and optimiser default below comes from the library's
+# `imagenet` recipe; the flags only let a run change them.
+RECIPE = keras_dsd.recipes.get("imagenet")
+# The recipe's DSDImageGenerator settings that have a flag here.
+FLAG_SETTINGS = (
+    "objective", "teacher_decay", "ema_decay", "time_distribution", "t_min",
+    "label_dropout",
+)
 # DiT's sample classes: macaw, husky, golden retriever, panda, otter, ...
 SAMPLE_CLASSES = (88, 207, 279, 360, 387, 388, 417, 974, 979, 980, 33, 812)
 # Recipe settings a restart may change without starting a new run.
@@ -76,29 +84,35 @@ def parse_args(argv=None):
                       help="Training resolution (ADM center crop); the "
                            "preset's patch size must divide it.")
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="dsd_s",
+    model.add_argument("--preset", default=RECIPE.preset,
                        choices=sorted(backbone_presets),
                        help="Backbone size.")
     model.add_argument("--num-classes", type=int, default=None,
                        help="Classes of a new model; defaults to the "
                             "preset's. Must equal the data's class count.")
-    model.add_argument("--objective", default="dsd",
+    model.add_argument("--objective", default=RECIPE.generator["objective"],
                        choices=list(OBJECTIVES),
                        help="Training objective (decoupled and naive are "
                             "the paper's ablations).")
-    model.add_argument("--teacher-decay", type=float, default=0.999,
+    model.add_argument("--teacher-decay", type=float,
+                       default=RECIPE.generator["teacher_decay"],
                        help="EMA decay of the teacher.")
-    model.add_argument("--ema-decay", type=float, default=0.9999,
+    model.add_argument("--ema-decay", type=float,
+                       default=RECIPE.generator["ema_decay"],
                        help="EMA decay of the sampling weights.")
-    model.add_argument("--time-distribution", default="logit_normal",
+    model.add_argument("--time-distribution",
+                       default=RECIPE.generator["time_distribution"],
                        choices=TIME_DISTRIBUTIONS)
-    model.add_argument("--t-min", type=float, default=0.05,
+    model.add_argument("--t-min", type=float,
+                       default=RECIPE.generator["t_min"],
                        help="Clamp of 1 - t in the loss weight.")
-    model.add_argument("--label-dropout", type=float, default=0.0,
+    model.add_argument("--label-dropout", type=float,
+                       default=RECIPE.generator["label_dropout"],
                        help="Null-class probability, for guidance (the "
                             "paper's numbers use none).")
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--global-batch-size", type=int, default=256,
+    train.add_argument("--global-batch-size", type=int,
+                       default=RECIPE.batch_size,
                        help="Images per optimizer update, over all devices "
                             "and accumulation steps.")
     train.add_argument("--grad-accum", type=int, default=1,
@@ -109,11 +123,14 @@ def parse_args(argv=None):
                        help="Passes over the data (ignored with --steps).")
     train.add_argument("--steps", type=int, default=None,
                        help="Optimizer updates; overrides --epochs.")
-    train.add_argument("--learning-rate", type=float, default=1e-4)
-    train.add_argument("--warmup-steps", type=int, default=0,
+    train.add_argument("--learning-rate", type=float,
+                       default=RECIPE.learning_rate)
+    train.add_argument("--warmup-steps", type=int,
+                       default=RECIPE.warmup_steps,
                        help="Linear learning-rate warm-up (updates).")
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--clipnorm", type=float, default=None,
+    train.add_argument("--weight-decay", type=float,
+                       default=RECIPE.weight_decay)
+    train.add_argument("--clipnorm", type=float, default=RECIPE.clipnorm,
                        help="Gradient-norm clipping; off by default.")
     train.add_argument("--mixed-precision", default="none",
                        choices=["none", "bf16"],
@@ -127,7 +144,8 @@ def parse_args(argv=None):
                           "lines (one Keras epoch).")
     run.add_argument("--sample-every", type=int, default=10,
                      help="Loops between sample grids.")
-    run.add_argument("--sample-steps", type=int, default=32,
+    run.add_argument("--sample-steps", type=int,
+                     default=RECIPE.sampling["num_steps"],
                      help="Heun steps of the sample grids.")
     run.add_argument("--max-minutes", type=float, default=None,
                      help="Stop cleanly after this long (checkpoint "
@@ -220,43 +238,28 @@ def load_data(args, context, micro_batch, start_step):
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
-def build_model(args, num_classes, total_updates):
+def build_model(args, num_classes):
     backbone = keras_dsd.models.DSDBackbone.from_preset(
         args.preset,
         image_size=args.image_size,
         num_classes=num_classes,
         dtype="mixed_bfloat16" if args.mixed_precision == "bf16" else None,
     )
-    model = keras_dsd.models.DSDImageGenerator(
-        backbone=backbone,
-        objective=args.objective,
-        teacher_decay=args.teacher_decay,
-        ema_decay=args.ema_decay,
-        time_distribution=args.time_distribution,
-        t_min=args.t_min,
-        label_dropout=args.label_dropout,
+    recipe = RECIPE.replace(
+        preset=args.preset,
+        generator={name: getattr(args, name) for name in FLAG_SETTINGS},
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        clipnorm=args.clipnorm,
+    )
+    return recipe.build_model(
+        backbone,
+        gradient_accumulation_steps=(
+            args.grad_accum if args.grad_accum > 1 else None
+        ),
         seed=args.seed,
     )
-    learning_rate = args.learning_rate
-    if args.warmup_steps:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0,
-            decay_steps=max(total_updates - args.warmup_steps, 1),
-            alpha=1.0,  # constant after the warm-up
-            warmup_target=args.learning_rate,
-            warmup_steps=args.warmup_steps,
-        )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate=learning_rate,
-            weight_decay=args.weight_decay,
-            clipnorm=args.clipnorm,
-            gradient_accumulation_steps=(
-                args.grad_accum if args.grad_accum > 1 else None
-            ),
-        )
-    )
-    return model
 
 
 def check_output_dir(args, recipe):
@@ -360,7 +363,7 @@ def train(args):
         keras.config.disable_interactive_logging()
 
     with context.scope():
-        model = build_model(args, num_classes, updates)
+        model = build_model(args, num_classes)
     context.prepare_model(model)
 
     if context.is_chief:

@@ -76,13 +76,15 @@ class Recipe:
             gradient_accumulation_steps=gradient_accumulation_steps,
         )
 
-    def build_model(self, backbone=None, compile_options=None,
-                    **generator_overrides):
+    def build_model(self, backbone=None, gradient_accumulation_steps=None,
+                    compile_options=None, **generator_overrides):
         """A `DSDImageGenerator` with this recipe, compiled.
 
         Args:
             backbone: `keras_dsd.models.DSDBackbone` or `None` (a fresh
                 network of `preset`).
+            gradient_accumulation_steps: int or `None`. Micro-batches per
+                optimizer update.
             compile_options: dict or `None`. Extra `compile()` arguments
                 (e.g. `jit_compile`, `steps_per_execution`).
             **generator_overrides: `DSDImageGenerator` arguments that
@@ -96,7 +98,10 @@ class Recipe:
         model = DSDImageGenerator(
             backbone=backbone, **{**self.generator, **generator_overrides}
         )
-        model.compile(optimizer=self.optimizer(), **(compile_options or {}))
+        model.compile(
+            optimizer=self.optimizer(gradient_accumulation_steps),
+            **(compile_options or {}),
+        )
         return model
 
 
