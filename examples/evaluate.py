@@ -18,6 +18,10 @@ folder), generates `--num-samples` images with the same number per class
   images, an `.npz` with uint8 NHWC images under `arr_0`, or a statistics
   `.npz` written by `--write-reference-stats`), plus the settings.
 
+This script is the command line of `keras_dsd.evaluation`, which does the
+work and can be imported (`generate_samples`, `inspect_reference`,
+`score_reference`, `MetricSet`, ...).
+
 Metrics (`--metrics`, comma-separated):
 
 - `fd-effnet`: **FD-EffNetLite0**, the Fréchet distance on the pooled
