@@ -192,6 +192,19 @@ def parse_args(argv=None):
     return args
 
 
+def check_reference(args):
+    """The layout of --reference, checked before any sampling: a wrong one
+    fails in seconds, not after hours of generation."""
+    if not args.reference:
+        return None
+    reference = evaluation.inspect_reference(
+        args.reference, args.metrics, bool(args.write_reference_stats)
+    )
+    if reference.get("note"):
+        print(reference["note"])
+    return reference
+
+
 def load_model(args):
     """The model of --model/--preset in float32 and its number of classes
     (`(None, None)` without one); applies --smoke."""
@@ -244,15 +257,7 @@ def main(argv=None):
     results_path = args.results or os.path.join(
         args.output_dir, "metrics.json"
     )
-    # The reference is checked before any sampling: a wrong layout fails in
-    # seconds, not after hours of generation.
-    reference = None
-    if args.reference:
-        reference = evaluation.inspect_reference(
-            args.reference, args.metrics, bool(args.write_reference_stats)
-        )
-        if reference.get("note"):
-            print(reference["note"])
+    reference = check_reference(args)
     model, num_classes = load_model(args)
     metric_set = build_metric_set(args)
     summary = {"backend": keras.backend.backend(), "smoke": args.smoke,
