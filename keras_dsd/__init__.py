@@ -2,6 +2,7 @@
 
 from keras_dsd import callbacks
 from keras_dsd import datasets
+from keras_dsd import evaluation
 from keras_dsd import layers
 from keras_dsd import metrics
 from keras_dsd import models
