@@ -13,7 +13,7 @@ Per image, with `N` tokens, width `D`, MLP width `H`, `L` blocks:
 | one block | `N (8 D^2 + 4 D H) + 4 N^2 D + 12 D^2` |
 | encode | `2 N p^2 3 D` (patches) `+ L blocks + 4 D^2 + 2 N D c` (head) |
 | decode | `2 N c D + L blocks + 4 D^2 + 2 N D p^2 3` |
-| denoise | `2 N c D + 2 F D + 2 D^2` (time MLP) `+ L blocks + 4 D^2 + 2 N D c` |
+| denoise | `2 N c D + 2 F D + 2 D^2` (time) `+ L blocks + 4 D^2 + 2 N D c` |
 
 (`12 D^2` per block and `4 D^2` per head are the adaLN modulations, computed
 once per image; `F` is the timestep embedding's sinusoid width, 256.)
