@@ -27,8 +27,9 @@ A sampling run costs one denoise per network evaluation plus one decode.
 
 Example:
 ```python
+from keras_dsd.models.dsd import dsd_flops
 backbone = keras_dsd.models.DSDBackbone.from_preset("dsd_s")
-keras_dsd.models.dsd_flops.training_step_flops(backbone) / 1e9   # ~141
+dsd_flops.training_step_flops(backbone) / 1e9   # ~141
 ```
 
 References:
