@@ -52,15 +52,13 @@ def machine_description():
 
 
 def versions():
-    import jax
-    import tensorflow as tf
-    import torch
+    import importlib
 
-    names = {"jax": jax, "tensorflow": tf, "torch": torch}
     backend = keras.backend.backend()
+    module = importlib.import_module(backend)
     return (
-        f"keras {keras.__version__}, {backend} "
-        f"{names[backend].__version__}, keras_dsd {keras_dsd.__version__}"
+        f"keras {keras.__version__}, {backend} {module.__version__}, "
+        f"keras_dsd {keras_dsd.__version__}, numpy {np.__version__}"
     )
 
 
@@ -164,6 +162,10 @@ def main():
     parser.add_argument("--sampler", default="heun",
                         choices=sorted(keras_dsd.samplers.SAMPLERS))
     parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--jit-compile", default="auto",
+                        choices=["auto", "true", "false"],
+                        help="`compile(jit_compile=...)`; on torch, `true` "
+                        "is torch.compile.")
     args = parser.parse_args()
     load_before = machine.load_average()
     if args.mixed_precision:
@@ -171,7 +173,8 @@ def main():
 
     backbone = keras_dsd.models.DSDBackbone.from_preset(args.preset)
     model = keras_dsd.models.DSDImageGenerator(backbone=backbone, seed=0)
-    model.compile()
+    jit_compile = {"auto": "auto", "true": True, "false": False}
+    model.compile(jit_compile=jit_compile[args.jit_compile])
     size = backbone.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, size, size, 3), "uint8")
@@ -195,7 +198,8 @@ def main():
     print(
         f"backend={keras.backend.backend()} preset={args.preset} "
         f"params={backbone.count_params():,} batch={args.batch_size} "
-        f"policy={keras.mixed_precision.global_policy().name}"
+        f"policy={keras.mixed_precision.global_policy().name} "
+        f"jit_compile={model.jit_compile}"
     )
     print(
         f"train: {1.0 / step_seconds:.3f} steps/s, "
