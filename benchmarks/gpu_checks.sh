@@ -64,28 +64,27 @@ step() {  # step NAME TIMEOUT COMMAND...
   [ $rc = 0 ] || echo "=== $name FAILED rc=$rc"
 }
 
-bench() {  # bench BACKEND BATCH [extra args]
-  local backend=$1 batch=$2
-  shift 2
-  KERAS_BACKEND=$backend $PY benchmarks/train_throughput.py \
-    --preset "$PRESET" --batch-size "$batch" --steps "$STEPS" \
-    --warmup "$WARMUP" $MP "$@"
+bench() {  # bench BACKEND BATCH [extra args]: the train_throughput command
+  echo env KERAS_BACKEND="$1" "$PY" benchmarks/train_throughput.py \
+    --preset "$PRESET" --batch-size "$2" --steps "$STEPS" \
+    --warmup "$WARMUP" $MP "${@:3}"
 }
 
 step "torch attention kernel" "$SHORT" env KERAS_BACKEND=torch \
   $PY benchmarks/attention_kernel.py --batch-size 4
 for batch in $BATCHES; do
-  step "jax $PRESET batch $batch" "$LONG" bench jax "$batch" --sample-steps 0
+  step "jax $PRESET batch $batch" "$LONG" \
+    $(bench jax "$batch" --sample-steps 0)
 done
-step "jax sampling ($NFE NFE)" "$SHORT" bench jax "$SAMPLE_BATCH" \
-  --steps 1 --sampler euler --sample-steps "$NFE"
-step "torch eager $PRESET" "$SHORT" bench torch "$SAMPLE_BATCH" \
-  --sampler euler --sample-steps "$NFE"
-step "torch.compile $PRESET" "$LONG" bench torch "$SAMPLE_BATCH" \
-  --jit-compile true --sample-steps 0
+step "jax sampling ($NFE NFE)" "$SHORT" \
+  $(bench jax "$SAMPLE_BATCH" --steps 1 --sampler euler --sample-steps "$NFE")
+step "torch eager $PRESET" "$SHORT" \
+  $(bench torch "$SAMPLE_BATCH" --sampler euler --sample-steps "$NFE")
+step "torch.compile $PRESET" "$LONG" \
+  $(bench torch "$SAMPLE_BATCH" --jit-compile true --sample-steps 0)
 if $PY -c "import tensorflow" 2>/dev/null; then
-  step "tensorflow $PRESET" "$LONG" bench tensorflow "$SAMPLE_BATCH" \
-    --sampler euler --sample-steps "$NFE"
+  step "tensorflow $PRESET" "$LONG" \
+    $(bench tensorflow "$SAMPLE_BATCH" --sampler euler --sample-steps "$NFE")
 else
   echo "=== tensorflow: not installed on this machine, no timing"
 fi
