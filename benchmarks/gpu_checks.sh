@@ -6,7 +6,7 @@
 # .whl/ at the repository root beforehand, on a machine with pip access:
 #   benchmarks/gpu_checks.sh --download-wheels
 # then, on the GPU machine (carry .whl), from the repository root:
-#   bash benchmarks/gpu_checks.sh            # about 6-8 minutes on one H200
+#   bash benchmarks/gpu_checks.sh   # at most 600 s (run's limit)
 #   bash benchmarks/gpu_checks.sh --cpu-dry-run   # the same steps, tiny, CPU
 # Each step has its own timeout; a failed step is reported and the next
 # one runs. TensorFlow is not on the GPU image (and its wheel is larger
@@ -39,12 +39,13 @@ if [ "$DRY" = 0 ]; then
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
   fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  PRESET=dsd_b; BATCHES="32 64"; STEPS=10; WARMUP=2; NFE=32; SAMPLE_BATCH=32
-  MP=--mixed-precision; LONG=300; SHORT=180
+  PRESET=dsd_b; B1=32; B2=64; STEPS=10; WARMUP=2; NFE=32
+  MP=--mixed-precision
+  T_ATTN=60; T_JAX1=150; T_JAX2=120; T_TORCH=90; T_COMPILE=180
 else
   export CUDA_VISIBLE_DEVICES="" JAX_PLATFORMS=cpu
-  PRESET=dsd_tiny; BATCHES="4"; STEPS=1; WARMUP=1; NFE=2; SAMPLE_BATCH=4
-  MP=""; LONG=300; SHORT=300
+  PRESET=dsd_tiny; B1=4; B2=8; STEPS=1; WARMUP=1; NFE=2; MP=""
+  T_ATTN=600; T_JAX1=600; T_JAX2=600; T_TORCH=600; T_COMPILE=600
 fi
 $PY - <<'PY'
 import importlib
@@ -70,21 +71,21 @@ bench() {  # bench BACKEND BATCH [extra args]: the train_throughput command
     --warmup "$WARMUP" $MP "${@:3}"
 }
 
-step "torch attention kernel" "$SHORT" env KERAS_BACKEND=torch \
+# Worst case, the limits add up to 600 s (one device call's limit); a
+# normal run is well inside. Sampling rides on the batch-32 runs, so that
+# it costs no second compilation of the training step.
+step "torch attention kernel" "$T_ATTN" env KERAS_BACKEND=torch \
   $PY benchmarks/attention_kernel.py --batch-size 4
-for batch in $BATCHES; do
-  step "jax $PRESET batch $batch" "$LONG" \
-    $(bench jax "$batch" --sample-steps 0)
-done
-step "jax sampling ($NFE NFE)" "$SHORT" \
-  $(bench jax "$SAMPLE_BATCH" --steps 1 --sampler euler --sample-steps "$NFE")
-step "torch eager $PRESET" "$SHORT" \
-  $(bench torch "$SAMPLE_BATCH" --sampler euler --sample-steps "$NFE")
-step "torch.compile $PRESET" "$LONG" \
-  $(bench torch "$SAMPLE_BATCH" --jit-compile true --sample-steps 0)
+step "jax $PRESET batch $B1 + sampling ($NFE NFE)" "$T_JAX1" \
+  $(bench jax "$B1" --sampler euler --sample-steps "$NFE")
+step "jax $PRESET batch $B2" "$T_JAX2" $(bench jax "$B2" --sample-steps 0)
+step "torch eager $PRESET + sampling" "$T_TORCH" \
+  $(bench torch "$B1" --sampler euler --sample-steps "$NFE")
+step "torch.compile $PRESET" "$T_COMPILE" \
+  $(bench torch "$B1" --jit-compile true --sample-steps 0)
 if $PY -c "import tensorflow" 2>/dev/null; then
-  step "tensorflow $PRESET" "$LONG" \
-    $(bench tensorflow "$SAMPLE_BATCH" --sampler euler --sample-steps "$NFE")
+  step "tensorflow $PRESET" 300 \
+    $(bench tensorflow "$B1" --sampler euler --sample-steps "$NFE")
 else
   echo "=== tensorflow: not installed on this machine, no timing"
 fi

@@ -21,6 +21,10 @@ def _process_group():
     return dist.get_rank(), dist.get_world_size()
 
 
+def dot_product_attention(query, key, value):
+    return keras.ops.dot_product_attention(query, key, value)
+
+
 def replica_id():
     group = _process_group()
     if group is None or group[1] == 1:
