@@ -1,3 +1,5 @@
+import time
+
 import keras
 import torch
 
@@ -131,8 +133,6 @@ class GradientBuckets:
         self.in_flight.append((bucket, flat, work))
 
     def _finish(self):
-        import time
-
         # Buckets with an unused parameter never filled: start them now.
         while self.next_bucket < len(self.buckets):
             self._start(self.next_bucket)
