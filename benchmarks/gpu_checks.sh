@@ -17,9 +17,9 @@ cd "$(dirname "$0")/.."
 KERAS_WHEELS="keras==3.15.1 namex==0.1.0 optree==0.17.0"
 
 if [ "${1:-}" = "--download-wheels" ]; then
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null \
-    || echo '/.whl/' >> "$(git rev-parse --git-common-dir)/info/exclude"
-  python3 -m pip download --no-deps --only-binary=:all: \
+  exclude="$(git rev-parse --git-common-dir)/info/exclude"
+  grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
+  ${PYTHON:-python3} -m pip download --no-deps --only-binary=:all: \
     --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl $KERAS_WHEELS
