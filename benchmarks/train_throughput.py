@@ -5,6 +5,12 @@ and one `generate` call, and prints images/s, step time and peak memory
 with the machine it ran on. Data are random uint8 images: this measures
 the model step, not an input pipeline.
 
+It also prints the analytic FLOPs per image (`keras_dsd.models.dsd_flops`,
+matmuls only), the achieved FLOP/s, and the utilisation against a peak:
+on CPU, the same backend's dense matmul rate measured in this run; on a
+GPU, the device's published dense peak for the compute dtype (a table in
+`benchmarks/machine.py`). For an unknown GPU it says "unknown peak".
+
     for b in jax tensorflow torch; do
       KERAS_BACKEND=$b python benchmarks/train_throughput.py --preset dsd_tiny
     done
@@ -15,10 +21,11 @@ import resource
 import time
 
 import keras
+import machine  # benchmarks/machine.py
 import numpy as np
-from machine import describe_machine  # benchmarks/machine.py
 
 import keras_dsd
+from keras_dsd.models.dsd import dsd_flops
 
 
 def machine_description():
@@ -41,7 +48,75 @@ def machine_description():
                 {d.split(":")[0] for d in keras.distribution.list_devices()}
             )
         )
-    return f"{describe_machine()}; devices: {devices}"
+    return f"{machine.describe_machine()}; devices: {devices}"
+
+
+def versions():
+    import importlib
+
+    backend = keras.backend.backend()
+    module = importlib.import_module(backend)
+    return (
+        f"keras {keras.__version__}, {backend} {module.__version__}, "
+        f"keras_dsd {keras_dsd.__version__}, numpy {np.__version__}"
+    )
+
+
+def accelerator_name():
+    """The GPU's name, or `None` when the backend runs on CPU."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    elif backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            return device.device_kind
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            return details.get("device_name", "unknown GPU")
+    return None
+
+
+def peak_rate(dtype):
+    """`(FLOP/s, description)` to measure utilisation against, or
+    `(None, why)`."""
+    name = accelerator_name()
+    backend = keras.backend.backend()
+    if name is None:
+        rate = machine.matmul_rate(backend, dtype)
+        return rate, (
+            f"{backend}'s own {dtype} 2048x2048 matmul in this run: "
+            f"{rate / 1e9:.0f} GFLOP/s"
+        )
+    rate = machine.published_peak(name, dtype)
+    if rate is None:
+        return None, f"unknown peak for {name!r}"
+    return rate, (
+        f"published dense {dtype} peak of {name}: {rate / 1e12:.0f} TFLOP/s"
+    )
+
+
+def report_flops(label, flops_per_image, images_per_second, peak):
+    rate, description = peak
+    achieved = flops_per_image * images_per_second
+    line = (
+        f"{label}: {flops_per_image / 1e9:.3f} GFLOP/image, achieved "
+        f"{achieved / 1e9:.1f} GFLOP/s, "
+    )
+    if rate is None:
+        line += f"utilisation: {description}"
+    else:
+        line += f"utilisation {100 * achieved / rate:.1f} % of {description}"
+    print(line)
 
 
 def accelerator_peak_memory_mib():
@@ -84,14 +159,22 @@ def main():
                         help="Untimed steps (compilation).")
     parser.add_argument("--sample-steps", type=int, default=16,
                         help="Heun steps for the sampling timing; 0 skips.")
+    parser.add_argument("--sampler", default="heun",
+                        choices=sorted(keras_dsd.samplers.SAMPLERS))
     parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--jit-compile", default="auto",
+                        choices=["auto", "true", "false"],
+                        help="`compile(jit_compile=...)`; on torch, `true` "
+                        "is torch.compile.")
     args = parser.parse_args()
+    load_before = machine.load_average()
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     backbone = keras_dsd.models.DSDBackbone.from_preset(args.preset)
     model = keras_dsd.models.DSDImageGenerator(backbone=backbone, seed=0)
-    model.compile()
+    jit_compile = {"auto": "auto", "true": True, "false": False}
+    model.compile(jit_compile=jit_compile[args.jit_compile])
     size = backbone.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, size, size, 3), "uint8")
@@ -107,11 +190,16 @@ def main():
     float(logs["loss"])  # wait for asynchronous backends
     step_seconds = (time.perf_counter() - start) / args.steps
 
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    peak = peak_rate(compute_dtype)
     print(f"machine: {machine_description()}")
+    print(f"load average before the run: {load_before}")
+    print(f"versions: {versions()}")
     print(
         f"backend={keras.backend.backend()} preset={args.preset} "
         f"params={backbone.count_params():,} batch={args.batch_size} "
-        f"policy={keras.mixed_precision.global_policy().name}"
+        f"policy={keras.mixed_precision.global_policy().name} "
+        f"jit_compile={model.jit_compile}"
     )
     print(
         f"train: {1.0 / step_seconds:.3f} steps/s, "
@@ -119,19 +207,34 @@ def main():
         f"{1000 * step_seconds:.1f} ms/step "
         f"(warm-up {args.warmup} steps incl. compile: {compile_seconds:.1f} s)"
     )
+    uses_teacher = model.teacher_backbone is not None
+    report_flops(
+        "train FLOPs",
+        dsd_flops.training_step_flops(backbone, teacher=uses_teacher),
+        args.batch_size / step_seconds,
+        peak,
+    )
     if args.sample_steps:
         class_labels = labels % backbone.num_classes
-        model.generate(class_labels, num_steps=args.sample_steps, seed=0)
+        sample_kwargs = {"num_steps": args.sample_steps,
+                         "sampler": args.sampler}
+        model.generate(class_labels, seed=0, **sample_kwargs)
         start = time.perf_counter()
-        model.generate(class_labels, num_steps=args.sample_steps, seed=1)
+        model.generate(class_labels, seed=1, **sample_kwargs)
         seconds = time.perf_counter() - start
         nfe = keras_dsd.samplers.num_function_evaluations(
-            "heun", args.sample_steps
+            args.sampler, args.sample_steps
         )
         print(
             f"sample: {args.batch_size / seconds:.1f} images/s "
-            f"(heun, {args.sample_steps} steps = {nfe} NFE, batch "
+            f"({args.sampler}, {args.sample_steps} steps = {nfe} NFE, batch "
             f"{args.batch_size})"
+        )
+        report_flops(
+            "sample FLOPs",
+            dsd_flops.sampling_flops(backbone, nfe),
+            args.batch_size / seconds,
+            peak,
         )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak host memory (max RSS): {peak_mib:.0f} MiB")

@@ -82,7 +82,9 @@ def main(output_path):
     context = distribution.setup_data_parallel(devices=devices)
     with context.scope():
         multi = make_model()
-    context.prepare_model(multi)
+    # A 16 KiB bucket cap splits the tiny model's gradients into several
+    # buckets, so that the overlapped all-reduce's ordering is exercised.
+    context.prepare_model(multi, bucket_cap_mb=1 / 64)
     batch_size = context.per_process_batch_size(GLOBAL_BATCH)
     # Each process reads its shard: element i of a global batch goes to
     # process i % num_processes (`ImageFolder.as_dataset`'s convention).

@@ -5,6 +5,11 @@
   values; TensorFlow: `tf.function(jit_compile=True)`; PyTorch: eager under
   `torch.no_grad()`, since `torch.compile` costs minutes on small CPUs) and
   returns numpy arrays.
+- `dot_product_attention(query, key, value)`: softmax attention on
+  `(B, N, heads, head_dim)` tensors. `keras.ops.dot_product_attention`
+  (fused kernels: SDPA / flash on torch, cuDNN on JAX GPUs), except on
+  JAX's CPU, where XLA runs the `(B, N, heads, ...)` layout's batched
+  products several times slower than heads-first ones.
 - `replica_id()`: which data-parallel replica runs the current training
   step (`None` where the whole global batch is one program, as with JAX's
   `keras.distribution`), so that replicas draw different diffusion noise.
@@ -34,6 +39,10 @@ def _module():
 
 def compile_inference_function(fn, variables):
     return _module().compile_inference_function(fn, variables)
+
+
+def dot_product_attention(query, key, value):
+    return _module().dot_product_attention(query, key, value)
 
 
 def replica_id():

@@ -13,6 +13,10 @@ def compile_inference_function(fn, variables):
     return run
 
 
+def dot_product_attention(query, key, value):
+    return keras.ops.dot_product_attention(query, key, value)
+
+
 def replica_id():
     """The replica id inside `strategy.run` with several replicas, else
     `None`."""

@@ -1,3 +1,5 @@
+import time
+
 import keras
 import torch
 
@@ -21,6 +23,10 @@ def _process_group():
     return dist.get_rank(), dist.get_world_size()
 
 
+def dot_product_attention(query, key, value):
+    return keras.ops.dot_product_attention(query, key, value)
+
+
 def replica_id():
     group = _process_group()
     if group is None or group[1] == 1:
@@ -37,26 +43,119 @@ def broadcast_variables(variables, source=0):
             dist.broadcast(variable.value.data, src=source)
 
 
-def average_gradients_across_processes(variables):
+def average_gradients_across_processes(variables, bucket_cap_mb=25.0):
     """Makes `backward()` leave the process-average gradient in each
     variable, as DistributedDataParallel does, so that Keras' own
     `train_step` and optimizer apply the same update on every process.
 
-    One all-reduce per variable, issued by a hook as soon as that
-    variable's gradient is accumulated. Returns the hook handles.
+    Gradients are grouped in buckets of about `bucket_cap_mb` MiB, in the
+    reverse of the variables' order (about the order backward produces
+    them). A bucket's all-reduce starts, without blocking, as soon as its
+    last gradient is accumulated, so communication overlaps the rest of the
+    backward pass; the end of `backward()` waits for the buckets and writes
+    the averages back. Buckets start in a fixed order on every process, so
+    the collectives match. Returns a `GradientBuckets` (`.remove()` undoes
+    it).
     """
-    import torch.distributed as dist
+    return GradientBuckets(variables, bucket_cap_mb)
 
-    world_size = dist.get_world_size()
 
-    def hook(parameter):
-        dist.all_reduce(parameter.grad)  # gloo has no AVG: sum, then divide
-        parameter.grad.div_(world_size)
+class GradientBuckets:
+    """Bucketed, overlapped gradient all-reduce (see
+    `average_gradients_across_processes`).
 
-    return [
-        variable.value.register_post_accumulate_grad_hook(hook)
-        for variable in variables
-    ]
+    `seconds_waiting` accumulates the time the end of `backward()` spent
+    waiting for all-reduces still in flight: the communication the backward
+    pass did not hide.
+    """
+
+    def __init__(self, variables, bucket_cap_mb=25.0):
+        import torch.distributed as dist
+
+        if not bucket_cap_mb > 0:
+            raise ValueError(
+                f"bucket_cap_mb must be > 0 MiB, got {bucket_cap_mb!r}."
+            )
+        self.world_size = dist.get_world_size()
+        parameters = [v.value for v in variables]
+        self.buckets = []
+        current, size = [], 0
+        for parameter in reversed(parameters):
+            current.append(parameter)
+            size += parameter.numel() * parameter.element_size()
+            if size >= bucket_cap_mb * 2**20:
+                self.buckets.append(current)
+                current, size = [], 0
+        if current:
+            self.buckets.append(current)
+        self.bucket_of = {
+            id(p): i for i, bucket in enumerate(self.buckets) for p in bucket
+        }
+        self.seconds_waiting = 0.0
+        self._reset()
+        self.handles = [
+            p.register_post_accumulate_grad_hook(self._on_gradient)
+            for p in parameters
+        ]
+
+    def _reset(self):
+        self.ready = [0] * len(self.buckets)
+        self.next_bucket = 0
+        self.in_flight = []
+        self.callback_queued = False
+
+    def _on_gradient(self, parameter):
+        if not self.callback_queued:
+            torch.autograd.Variable._execution_engine.queue_callback(
+                self._finish
+            )
+            self.callback_queued = True
+        self.ready[self.bucket_of[id(parameter)]] += 1
+        # Start buckets strictly in order, so every process issues the
+        # same sequence of collectives.
+        while (
+            self.next_bucket < len(self.buckets)
+            and self.ready[self.next_bucket]
+            == len(self.buckets[self.next_bucket])
+        ):
+            self._start(self.next_bucket)
+            self.next_bucket += 1
+
+    def _start(self, index):
+        import torch.distributed as dist
+
+        bucket = self.buckets[index]
+        for parameter in bucket:
+            if parameter.grad is None:  # unused in this step
+                parameter.grad = torch.zeros_like(parameter)
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        work = dist.all_reduce(flat, async_op=True)
+        self.in_flight.append((bucket, flat, work))
+
+    def _finish(self):
+        # Buckets with an unused parameter never filled: start them now.
+        while self.next_bucket < len(self.buckets):
+            self._start(self.next_bucket)
+            self.next_bucket += 1
+        start = time.perf_counter()
+        with torch.no_grad():
+            for bucket, flat, work in self.in_flight:
+                work.wait()  # gloo has no AVG: sum, then divide
+                flat.div_(self.world_size)
+                offset = 0
+                for parameter in bucket:
+                    count = parameter.numel()
+                    parameter.grad.copy_(
+                        flat[offset:offset + count].view_as(parameter)
+                    )
+                    offset += count
+        self.seconds_waiting += time.perf_counter() - start
+        self._reset()
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 def default_jit_compile():

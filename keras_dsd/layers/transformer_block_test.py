@@ -105,3 +105,28 @@ def test_block_config_round_trip():
         block, x, c, atol=1e-5
     )
     assert restored.mlp_ratio == 2.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_backend_attention_matches_numpy(dtype):
+    # keras_dsd.backend.dot_product_attention (heads-first on JAX's CPU,
+    # keras.ops.dot_product_attention elsewhere) against a float64 numpy
+    # softmax attention on (B, N, heads, head_dim) tensors.
+    import keras
+
+    from keras_dsd import backend
+
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.normal(size=(2, 5, 3, 4)) for _ in range(3))
+    outputs = backend.dot_product_attention(
+        *(keras.ops.convert_to_tensor(a, dtype) for a in (q, k, v))
+    )
+    assert keras.backend.standardize_dtype(outputs.dtype) == dtype
+    qh, kh, vh = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+    weights = _softmax(qh @ kh.transpose(0, 1, 3, 2) / 2.0)
+    expected = (weights @ vh).transpose(0, 2, 1, 3)
+    tolerance = 1e-5 if dtype == "float32" else 3e-2
+    np.testing.assert_allclose(
+        test_utils.to_numpy(keras.ops.cast(outputs, "float32")), expected,
+        atol=tolerance, rtol=tolerance,
+    )

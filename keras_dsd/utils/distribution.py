@@ -26,8 +26,10 @@ model.fit(dataset, ...)
 - PyTorch: under `torchrun`, one process per GPU (NCCL) or CPU (gloo).
   Keras' `fit` has no DistributedDataParallel, so `prepare_model`
   broadcasts the weights from process 0 and makes every `backward()`
-  average the gradients across processes; each process reads its own shard
-  of the data (`per_process_batch_size` images per step).
+  average the gradients across processes (bucketed all-reduces that
+  overlap the backward pass, as DistributedDataParallel does; a wrapper
+  DDP module would hide the Keras layers from `fit`); each process reads
+  its own shard of the data (`per_process_batch_size` images per step).
 """
 
 import contextlib
@@ -90,18 +92,25 @@ class DataParallelContext:
             )
         return global_batch_size // self.data_shards
 
-    def prepare_model(self, model):
+    def prepare_model(self, model, bucket_cap_mb=25.0):
         """Makes multi-process PyTorch training data-parallel (see the
-        module docstring); a no-op elsewhere. Call after `compile`."""
+        module docstring); a no-op elsewhere. Call after `compile`.
+
+        Args:
+            model: the compiled `keras.Model`.
+            bucket_cap_mb: float. PyTorch only: gradients are all-reduced
+                in buckets of about this many MiB, overlapped with the
+                backward pass (DistributedDataParallel's default, 25).
+        """
         if self.backend != "torch" or self.num_processes == 1:
             return model
         from keras_dsd.backend import torch_backend
 
         torch_backend.broadcast_variables(model.weights)
-        if not getattr(model, "_gradient_hooks", None):
+        if getattr(model, "_gradient_hooks", None) is None:
             model._gradient_hooks = (
                 torch_backend.average_gradients_across_processes(
-                    model.trainable_variables
+                    model.trainable_variables, bucket_cap_mb
                 )
             )
         return model

@@ -34,3 +34,43 @@ def test_batch_size_must_divide_over_devices():
     )
     assert hosts.data_shards == 1
     assert hosts.per_process_batch_size(16) == 16
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch's gradient buckets"
+)
+def test_torch_gradient_buckets_on_one_process(tmp_path):
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from keras_dsd.backend import torch_backend
+
+    with pytest.raises(ValueError, match="bucket_cap_mb must be > 0"):
+        torch_backend.GradientBuckets([], bucket_cap_mb=0)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1
+    )
+    try:
+        layer = keras.layers.Dense(3)
+        layer.build((None, 4))
+        unused = keras.Variable(np.ones(5, "float32"))
+        # A 1-byte cap: one bucket per variable, started in reverse order.
+        buckets = torch_backend.average_gradients_across_processes(
+            [layer.kernel, layer.bias, unused], bucket_cap_mb=2**-20
+        )
+        assert [len(b) for b in buckets.buckets] == [1, 1, 1]
+        x = np.arange(8, dtype="float32").reshape(2, 4)
+        torch.sum(layer(x)).backward()
+        # d sum(x W + b) / dW[i, j] = sum_n x[n, i]; / db = batch size.
+        np.testing.assert_allclose(
+            layer.kernel.value.grad.numpy(),
+            np.repeat(x.sum(0)[:, None], 3, axis=1),
+        )
+        np.testing.assert_allclose(layer.bias.value.grad.numpy(), [2.0] * 3)
+        # A variable without a gradient gets zeros, so that every process
+        # still runs the same all-reduces.
+        np.testing.assert_array_equal(unused.value.grad.numpy(), 0.0)
+        buckets.remove()
+    finally:
+        dist.destroy_process_group()
