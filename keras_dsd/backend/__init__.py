@@ -55,3 +55,9 @@ def default_jit_compile():
 
 def scale_loss_for_replicas(loss):
     return _module().scale_loss_for_replicas(loss)
+
+
+def setup_data_parallel(devices, tpu, multi_host):
+    """The fields of a `keras_dsd.utils.distribution.DataParallelContext`
+    for this backend (see `setup_data_parallel` there)."""
+    return _module().setup_data_parallel(devices, tpu, multi_host)

@@ -61,3 +61,27 @@ def default_jit_compile():
 
 def scale_loss_for_replicas(loss):
     return loss
+
+
+def setup_data_parallel(devices, tpu, multi_host):
+    """`keras.distribution.DataParallel` over `devices` (default: all).
+    Returns the fields of a `DataParallelContext`."""
+    if multi_host:
+        keras.distribution.initialize()
+    devices = list(devices or jax.devices())
+    platform = devices[0].platform
+    if len(devices) > 1:
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+        )
+    return {
+        "num_replicas": len(devices),
+        "num_processes": jax.process_count(),
+        "process_index": jax.process_index(),
+        "description": (
+            f"{len(devices)} {platform} device(s), "
+            f"{jax.process_count()} process(es), "
+            + ("keras.distribution.DataParallel" if len(devices) > 1
+               else "single device")
+        ),
+    }

@@ -1,3 +1,5 @@
+import os
+
 import keras
 import tensorflow as tf
 
@@ -43,3 +45,31 @@ def scale_loss_for_replicas(loss):
     do the same)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss / replicas if replicas > 1 else loss
+
+
+def setup_data_parallel(devices, tpu, multi_host):
+    """`TPUStrategy` when a TPU is named (or `TPU_NAME` is set), else
+    `MirroredStrategy` over `devices` (default: every GPU) when there are
+    several. Returns the fields of a `DataParallelContext`."""
+    tpu = tpu or os.environ.get("TPU_NAME")
+    if tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+        kind = "TPUStrategy"
+    else:
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        devices = list(devices or gpus)
+        if len(devices) > 1:
+            strategy = tf.distribute.MirroredStrategy(devices)
+            kind = "MirroredStrategy"
+        else:
+            strategy = tf.distribute.get_strategy()
+            kind = "default strategy"
+    replicas = strategy.num_replicas_in_sync
+    return {
+        "num_replicas": replicas,
+        "strategy": strategy,
+        "description": f"{replicas} replica(s), tf.distribute {kind}",
+    }

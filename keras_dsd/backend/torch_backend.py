@@ -1,3 +1,4 @@
+import os
 import time
 
 import keras
@@ -165,3 +166,29 @@ def default_jit_compile():
 
 def scale_loss_for_replicas(loss):
     return loss
+
+
+def setup_data_parallel(devices, tpu, multi_host):
+    """One process per device under `torchrun`: initialises the process
+    group (NCCL on CUDA, else gloo) from `WORLD_SIZE`. Returns the fields
+    of a `DataParallelContext`."""
+    import torch.distributed as dist
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "num_replicas": world_size,
+        "num_processes": world_size,
+        "process_index": rank,
+        "description": (
+            f"{world_size} process(es) on {device}"
+            + (", gradient all-reduce" if world_size > 1 else "")
+        ),
+    }

@@ -30,13 +30,18 @@ model.fit(dataset, ...)
   overlap the backward pass, as DistributedDataParallel does; a wrapper
   DDP module would hide the Keras layers from `fit`); each process reads
   its own shard of the data (`per_process_batch_size` images per step).
+
+The per-backend set-up code lives in `keras_dsd.backend`
+(`setup_data_parallel` of each backend module); this module only holds
+what the three share.
 """
 
 import contextlib
 import dataclasses
-import os
 
 import keras
+
+from keras_dsd import backend
 
 
 @dataclasses.dataclass
@@ -132,92 +137,5 @@ def setup_data_parallel(devices=None, tpu=None, multi_host=False):
     Returns:
         A `DataParallelContext`.
     """
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return _setup_jax(devices, multi_host)
-    if backend == "tensorflow":
-        return _setup_tensorflow(devices, tpu)
-    if backend == "torch":
-        return _setup_torch()
-    raise ValueError(
-        f"keras_dsd supports the jax, tensorflow and torch backends; "
-        f"KERAS_BACKEND={backend!r}."
-    )
-
-
-def _setup_jax(devices, multi_host):
-    import jax
-
-    if multi_host:
-        keras.distribution.initialize()
-    devices = list(devices or jax.devices())
-    platform = devices[0].platform
-    if len(devices) > 1:
-        keras.distribution.set_distribution(
-            keras.distribution.DataParallel(devices=devices)
-        )
-    return DataParallelContext(
-        backend="jax",
-        num_replicas=len(devices),
-        num_processes=jax.process_count(),
-        process_index=jax.process_index(),
-        description=(
-            f"{len(devices)} {platform} device(s), "
-            f"{jax.process_count()} process(es), "
-            + ("keras.distribution.DataParallel" if len(devices) > 1
-               else "single device")
-        ),
-    )
-
-
-def _setup_tensorflow(devices, tpu):
-    import tensorflow as tf
-
-    tpu = tpu or os.environ.get("TPU_NAME")
-    if tpu:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        strategy = tf.distribute.TPUStrategy(resolver)
-        kind = "TPUStrategy"
-    else:
-        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-        devices = list(devices or gpus)
-        if len(devices) > 1:
-            strategy = tf.distribute.MirroredStrategy(devices)
-            kind = "MirroredStrategy"
-        else:
-            strategy = tf.distribute.get_strategy()
-            kind = "default strategy"
-    replicas = strategy.num_replicas_in_sync
-    return DataParallelContext(
-        backend="tensorflow",
-        num_replicas=replicas,
-        strategy=strategy,
-        description=f"{replicas} replica(s), tf.distribute {kind}",
-    )
-
-
-def _setup_torch():
-    import torch
-    import torch.distributed as dist
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return DataParallelContext(
-        backend="torch",
-        num_replicas=world_size,
-        num_processes=world_size,
-        process_index=rank,
-        description=(
-            f"{world_size} process(es) on {device}"
-            + (", gradient all-reduce" if world_size > 1 else "")
-        ),
-    )
+    fields = backend.setup_data_parallel(devices, tpu, multi_host)
+    return DataParallelContext(backend=keras.backend.backend(), **fields)
