@@ -171,8 +171,10 @@ def _load_task_weights(task, preset, loader):
     def load():
         path = hub_preset_utils.get_file(preset, TASK_WEIGHTS_FILE)
         if metadata.get("keras_dsd_layout", 1) < LAYOUT:
-            # The old layout's task file holds the whole task.
-            task.load_weights(path)
+            # The old layout's task file holds the whole task (and the
+            # optimizer state when it was saved compiled, left out here).
+            skipped = [task.optimizer] if task.optimizer is not None else []
+            keras.saving.load_weights(task, path, objects_to_skip=skipped)
             return
         keras.saving.load_weights(
             task, path, objects_to_skip=_not_in_task_weights(task)
