@@ -13,13 +13,18 @@ adds only what is particular to DSD:
 
 Layout of a preset folder (`keras_dsd_layout: 2` in `metadata.json`):
 
-| file | holds |
-|---|---|
-| `config.json` | the `DSDBackbone` (keras-hub's format) |
-| `model.weights.h5` | the weights to generate with: the sampling EMA of a task that has one, else the trained network. Sharded as `model.weights.json` + `model_*.weights.h5` above `max_shard_size` GB |
-| `metadata.json` | keras-hub's metadata, plus `keras_dsd_version` and `keras_dsd_layout` |
-| `task.json` | the `DSDImageGenerator` config (task presets only) |
-| `task.weights.h5` | every task variable that is not in `model.weights.h5`: the trained (online) network when an EMA exists, the teacher, and the task's own state (e.g. its EMA update counter) |
+- `config.json`: the `DSDBackbone` (keras-hub's format).
+- `model.weights.h5`: the weights to generate with: the sampling EMA of a
+  task that has one, else the trained network. Above `max_shard_size` GB it
+  is sharded as `model.weights.json` + `model_*.weights.h5`.
+- `metadata.json`: keras-hub's metadata, plus `keras_dsd_version` and
+  `keras_dsd_layout`.
+- `task.json` (task presets only): the `DSDImageGenerator` config.
+- `task.weights.h5` (task presets only): every task variable that is not in
+  `model.weights.h5`: the trained (online) network when an EMA exists, the
+  teacher, and the task's own state (e.g. its EMA update counter). Not the
+  optimizer: its state does not load across backends, and a loaded task
+  starts a fresh one.
 
 `DSDBackbone.from_preset(dir)` and `keras_hub.models.Backbone.from_preset(dir)`
 therefore return the generation weights, and a task preset stores each
