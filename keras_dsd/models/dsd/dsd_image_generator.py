@@ -610,7 +610,12 @@ class DSDImageGenerator(keras.Model):
         """`keras.Model.quantize` (e.g. `"int8"`), then forgets the compiled
         `generate` / `encode` / `decode` functions, which hold the float
         weights."""
-        super().quantize(mode, **kwargs)
+        with warnings.catch_warnings():
+            # Keras warns once per layer without weights to quantize.
+            warnings.filterwarnings(
+                "ignore", message=".*does not have a `quantize` method"
+            )
+            super().quantize(mode, **kwargs)
         self._inference_functions = {}
 
 
