@@ -1,3 +1,25 @@
+"""The DSD task: training objective, EMA shadows, generation and presets.
+
+Why `DSDImageGenerator` is a `keras.Model` that follows keras-hub's Task
+conventions rather than a `keras_hub.models.Task` subclass (keras-hub
+0.32.0, read in its source):
+
+- `Task` is a `PipelineModel`, whose `fit` rebuilds its input: numpy is
+  re-batched into a grain (or `tf.data`) dataset, and anything that is not
+  a grain or `tf.data` dataset afterwards is refused by
+  `pipeline_model._apply_preprocessing` ("Expected `x` to be a `grain` or
+  `tf.data` dataset"). A `keras.utils.PyDataset` or a torch `DataLoader`,
+  which `fit` must accept here, would not train.
+- `KerasPresetLoader.load_task` loads `model.weights.h5` into
+  `task.backbone`, the trained network. Here `model.weights.h5` holds the
+  sampling EMA, so that a backbone preset generates with the good weights;
+  keras-hub's task loader would overwrite the trained network with it.
+- What `Task` adds beyond that is kept: `compile=True` compiles with the
+  defaults at construction, `from_preset` / `save_to_preset` go through
+  keras-hub's loader and saver (`keras_dsd.models.preset_utils`), and the
+  task preset is `task.json` + `task.weights.h5` beside the backbone files.
+"""
+
 import warnings
 
 import keras
