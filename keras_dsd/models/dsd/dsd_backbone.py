@@ -1,5 +1,6 @@
 import keras
 from keras import ops
+from keras_hub.models import Backbone
 
 from keras_dsd.layers.adaptive_layer_norm import FinalLayer
 from keras_dsd.layers.class_embedding import ClassEmbedding
@@ -17,7 +18,7 @@ DENOISE_ROLE = 2
 
 
 @keras.saving.register_keras_serializable(package="keras_dsd")
-class DSDBackbone(keras.Model):
+class DSDBackbone(Backbone):
     """The one DSD network: encoder, decoder and latent denoiser in one trunk.
 
     A single stack of adaLN-Zero transformer blocks is shared by three
@@ -170,30 +171,12 @@ class DSDBackbone(keras.Model):
             dtype=dtype,
             **kwargs,
         )
-        self._functional_ready = True
         if keras.backend.backend() == "torch":
-            # The torch parameter list was taken before the layers were
-            # attached; take it again so that `parameters()` and
-            # `zero_grad()` see every weight (without it gradients pile up
-            # across training steps).
+            # keras-hub's `Backbone` routes the attributes set before
+            # `Module.__init__` around torch, so torch's parameter list was
+            # taken without them: take it again, or `parameters()` and
+            # `zero_grad()` miss every weight (gradients then pile up).
             self._track_variables()
-        # Functional models drop the `dtype` argument; keep the policy so that
-        # `get_config()` and copies of a mixed-precision backbone keep it.
-        if dtype is not None:
-            self.dtype_policy = keras.dtype_policies.get(dtype)
-
-
-    def __setattr__(self, name, value):
-        # Under the torch backend, `torch.nn.Module.__setattr__` refuses
-        # sub-layers before `Module.__init__` runs, which for a functional
-        # model is only at the end of `__init__`. Everything set before then
-        # is also reachable through the functional graph, so a plain setattr
-        # loses no tracking.
-        if keras.backend.backend() == "torch" and not hasattr(
-            self, "_functional_ready"
-        ):
-            return object.__setattr__(self, name, value)
-        return super().__setattr__(name, value)
 
     # === Roles ===
     @property
@@ -255,12 +238,24 @@ class DSDBackbone(keras.Model):
             self._denoise(noisy_latents, timesteps, class_labels), "float32"
         )
 
+    def compute_output_spec(self, inputs, **kwargs):
+        # Inputs may be arrays (numpy or backend tensors): keras' functional
+        # graph passes those straight to the first layers, whose
+        # `compute_output_shape` then gets no shape. Symbolic specs work.
+        specs = keras.tree.map_structure(
+            lambda x: keras.KerasTensor(
+                tuple(x.shape), dtype=keras.backend.standardize_dtype(x.dtype)
+            ),
+            inputs,
+        )
+        return super().compute_output_spec(specs, **kwargs)
+
     # === Config ===
     def get_config(self):
+        # keras-hub's `Backbone.get_config` adds name, trainable and the
+        # dtype policy (a per-layer policy map once quantized).
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            **super().get_config(),
             "image_size": self.image_size,
             "patch_size": self.patch_size,
             "latent_channels": self.latent_channels,
@@ -271,36 +266,36 @@ class DSDBackbone(keras.Model):
             "mlp_ratio": self.mlp_ratio,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
-
     # === Presets ===
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Builds a backbone from a built-in preset name or a preset folder.
+        """Builds a backbone from a built-in preset name or a saved preset.
 
-        Built-in presets (`keras_dsd.models.presets`) have no
-        pretrained weights: they return freshly initialised networks of the
-        recorded architecture. A folder written by `save_to_preset` also
-        restores the weights when `load_weights=True`.
+        Built-in presets (`DSDBackbone.presets`) have no pretrained weights:
+        they return freshly initialised networks of the recorded
+        architecture. Any other handle goes through keras-hub's loader: a
+        local folder written by `save_to_preset`, `"kaggle://..."`,
+        `"hf://..."` or `"gs://..."`. A task preset's backbone holds the
+        weights the task generates with (its sampling EMA).
 
         Args:
-            preset: string. A built-in preset name such as `"dsd_tiny"`, or
-                the path of a folder written by `save_to_preset`.
-            load_weights: bool. Load the saved weights from a preset folder.
-                Defaults to `True`.
+            preset: string. A built-in preset name such as `"dsd_tiny"`, a
+                preset folder, or a Kaggle / Hugging Face / GCS handle.
+            load_weights: bool. Load the saved weights. Defaults to `True`.
             **kwargs: Overrides of the preset's constructor arguments, such as
-                `dtype` or `num_classes`.
+                `dtype`. Overriding an architecture argument (e.g.
+                `num_classes`) gives a freshly initialised network.
         """
         return preset_utils.load_backbone(cls, preset, load_weights, **kwargs)
 
-    def save_to_preset(self, preset_dir):
-        """Writes `config.json`, `model.weights.h5` and `metadata.json`."""
-        preset_utils.save_backbone(self, preset_dir)
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Writes `config.json`, the weights and `metadata.json`.
+
+        The layout is keras-hub's (it passes `keras_hub.upload_preset`'s
+        checks); weights above `max_shard_size` GB are sharded. Refuses a
+        folder that holds another model's preset.
+        """
+        preset_utils.save_backbone(self, preset_dir, max_shard_size)
 
 
 def _validate_architecture(

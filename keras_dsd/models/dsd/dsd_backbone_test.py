@@ -2,8 +2,10 @@ import json
 import os
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
+from keras_hub.src.tests.test_case import TestCase
 
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.dsd_presets import backbone_presets as presets
@@ -242,3 +244,102 @@ def test_torch_parameters_hold_every_weight():
     backbone = test_utils.tiny_backbone()
     parameters = {id(p) for p in backbone.parameters()}
     assert {id(w.value) for w in backbone.weights} <= parameters
+
+
+class DSDBackboneKerasHubTest(TestCase):
+    """keras-hub's own backbone, saving and preset checks."""
+
+    def setUp(self):
+        super().setUp()
+        self.init_kwargs = dict(TINY_CONFIG)
+        images, latents, t, labels = _inputs()
+        self.input_data = {
+            "images": images,
+            "noisy_latents": latents,
+            "timesteps": t,
+            "class_labels": labels,
+        }
+
+    def test_backbone_basics(self):
+        # keras-hub's precision check asserts that every sublayer computes
+        # in the policy's dtype; the latent LayerNorm, the adaLN norms and
+        # the timestep sinusoid stay float32 by design (DESIGN.md section
+        # 2), so it cannot apply: `test_mixed_precision` and
+        # `test_intended_dtypes_under_mixed_precision` check the intended
+        # dtypes instead.
+        self.run_backbone_test(
+            cls=DSDBackbone,
+            init_kwargs=self.init_kwargs,
+            input_data=self.input_data,
+            expected_output_shape={
+                "latents": (2, 4, 4),
+                "reconstructions": (2, 8, 8, 3),
+                "predictions": (2, 4, 4),
+            },
+            run_mixed_precision_check=False,
+        )
+
+    def test_intended_dtypes_under_mixed_precision(self):
+        backbone = DSDBackbone(**self.init_kwargs, dtype="mixed_float16")
+        spec = backbone.compute_output_spec(self.input_data)
+        outputs = backbone(self.input_data)
+        # The latent is normalised in float32; the two other heads compute
+        # in the policy's dtype.
+        expected = {"latents": "float32", "reconstructions": "float16",
+                    "predictions": "float16"}
+        for key, dtype in expected.items():
+            self.assertEqual(spec[key].dtype, dtype)
+            self.assertEqual(keras.backend.standardize_dtype(
+                outputs[key].dtype), dtype)
+        self.assertEqual(backbone.latent_norm.compute_dtype, "float32")
+        self.assertEqual(backbone.patch_embedding.compute_dtype, "float16")
+        for weight in backbone.weights:
+            self.assertEqual(weight.dtype, "float32")
+
+    def test_saving(self):
+        self.run_model_saving_test(
+            cls=DSDBackbone,
+            init_kwargs=self.init_kwargs,
+            input_data=self.input_data,
+        )
+
+    def test_builtin_preset(self):
+        images = np.zeros((1, 32, 32, 3), "float32")
+        self.run_preset_test(
+            cls=DSDBackbone,
+            preset="dsd_tiny",
+            input_data={
+                "images": images,
+                "noisy_latents": np.zeros((1, 16, 8), "float32"),
+                "timesteps": np.full((1,), 0.5, "float32"),
+                "class_labels": np.zeros((1,), "int32"),
+            },
+            expected_output_shape={
+                "latents": (1, 16, 8),
+                "reconstructions": (1, 32, 32, 3),
+                "predictions": (1, 16, 8),
+            },
+        )
+
+    def test_compute_output_spec_of_arrays(self):
+        # The first layers get the arrays themselves, not symbolic tensors.
+        spec = DSDBackbone(**self.init_kwargs).compute_output_spec(
+            self.input_data
+        )
+        self.assertEqual(spec["latents"].shape, (2, 4, 4))
+        self.assertEqual(spec["reconstructions"].shape, (2, 8, 8, 3))
+        self.assertEqual(spec["predictions"].shape, (2, 4, 4))
+
+
+def test_keras_hub_backbone_from_preset_finds_it(tmp_path):
+    backbone = _random_backbone()
+    preset_dir = str(tmp_path / "preset")
+    backbone.save_to_preset(preset_dir)
+    restored = keras_hub.models.Backbone.from_preset(preset_dir)
+    assert type(restored) is DSDBackbone
+    assert "dsd_tiny" in DSDBackbone.presets
+    assert "dsd_b" in keras_hub.models.Backbone.presets
+    inputs = _inputs()
+    for a, b in zip(_all_outputs(restored, inputs),
+                    _all_outputs(backbone, inputs)):
+        np.testing.assert_array_equal(a, b)

@@ -1,3 +1,25 @@
+"""The DSD task: training objective, EMA shadows, generation and presets.
+
+Why `DSDImageGenerator` is a `keras.Model` that follows keras-hub's Task
+conventions rather than a `keras_hub.models.Task` subclass (keras-hub
+0.32.0, read in its source):
+
+- `Task` is a `PipelineModel`, whose `fit` rebuilds its input: numpy is
+  re-batched into a grain (or `tf.data`) dataset, and anything that is not
+  a grain or `tf.data` dataset afterwards is refused by
+  `pipeline_model._apply_preprocessing` ("Expected `x` to be a `grain` or
+  `tf.data` dataset"). A `keras.utils.PyDataset` or a torch `DataLoader`,
+  which `fit` must accept here, would not train.
+- `KerasPresetLoader.load_task` loads `model.weights.h5` into
+  `task.backbone`, the trained network. Here `model.weights.h5` holds the
+  sampling EMA, so that a backbone preset generates with the good weights;
+  keras-hub's task loader would overwrite the trained network with it.
+- What `Task` adds beyond that is kept: `compile=True` compiles with the
+  defaults at construction, `from_preset` / `save_to_preset` go through
+  keras-hub's loader and saver (`keras_dsd.models.preset_utils`), and the
+  task preset is `task.json` + `task.weights.h5` beside the backbone files.
+"""
+
 import warnings
 
 import keras
@@ -78,13 +100,16 @@ class DSDImageGenerator(keras.Model):
         label_dropout: float. Probability of replacing a label by the null
             class in training, for classifier-free guidance. Defaults to `0`.
         seed: int or `None`. Seed of the training noise and times.
+        compile: bool. Compile with the defaults of `compile()` (AdamW,
+            learning rate 1e-4) at construction, as keras-hub tasks do, so
+            that `fit` works right away. Call `compile()` again to change
+            them. Defaults to `True`.
 
     Example:
     ```python
     backbone = keras_dsd.models.DSDBackbone.from_preset("dsd_tiny")
     model = keras_dsd.models.DSDImageGenerator(backbone=backbone)
-    model.compile()
-    model.fit(dataset, epochs=1)
+    model.fit(dataset, epochs=1)  # compiled with its defaults already
     images = model.generate(class_labels=[0, 7], num_steps=16, seed=0)
     ```
 
@@ -107,6 +132,7 @@ class DSDImageGenerator(keras.Model):
         time_std=1.0,
         label_dropout=0.0,
         seed=None,
+        compile=True,
         **kwargs,
     ):
         if not isinstance(backbone, DSDBackbone):
@@ -170,6 +196,8 @@ class DSDImageGenerator(keras.Model):
         self.seed = seed
         self._inference_functions = {}
         self.built = True
+        if compile:
+            self.compile()
 
     @property
     def inference_backbone(self):
@@ -382,8 +410,8 @@ class DSDImageGenerator(keras.Model):
         if getattr(self, "optimizer", None) is None:
             raise ValueError(
                 "DSDImageGenerator.fit needs an optimizer: call compile() "
-                "first (a model loaded from a preset, or from a .keras file "
-                "saved under another backend, comes without one)."
+                "first (a model built with compile=False, or loaded from a "
+                ".keras file saved under another backend, comes without one)."
             )
         self._check_training_data(x, y)
         return super().fit(x=x, y=y, **kwargs)
@@ -562,21 +590,55 @@ class DSDImageGenerator(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Builds the task from a built-in preset name or a preset folder.
+        """Builds the task from a built-in preset name or a saved preset.
 
         A built-in name (`"dsd_tiny"`, `"dsd_s"`, `"dsd_m"`, `"dsd_b"`) gives
-        a fresh network (no weights are ever downloaded). A folder written by
-        `save_to_preset` restores the task's config and all its weights,
-        teacher and sampling EMA included. `**kwargs` override task
-        arguments, e.g. `objective="naive"`.
+        a fresh network. Any other handle goes through keras-hub's loader:
+        a local folder, `"kaggle://..."`, `"hf://..."` or `"gs://..."`. A
+        task preset restores the config, the trained network, the teacher,
+        the sampling EMA and the task's own state (so that training
+        continues the EMA where it stopped); a backbone-only preset gives a
+        new task around its network. The model comes compiled with the
+        defaults of `compile()` (optimizer state is not part of a preset).
+        `**kwargs` override task arguments, e.g. `objective="naive"`.
+
+        Example:
+        ```python
+        model = keras_dsd.models.DSDImageGenerator.from_preset(
+            "hf://user/dsd-b-imagenet"
+        )
+        ```
         """
         return preset_utils.load_task(
             cls, DSDBackbone, preset, load_weights, **kwargs
         )
 
-    def save_to_preset(self, preset_dir):
-        """Writes the backbone files and `task.json` / `task.weights.h5`."""
-        preset_utils.save_task(self, preset_dir)
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Writes a preset that stores each network once.
+
+        `config.json` + `model.weights.h5` are the backbone to generate
+        with (the sampling EMA when there is one), so that
+        `DSDBackbone.from_preset(preset_dir)` and keras-hub's
+        `Backbone.from_preset` get the generation weights; `task.json` +
+        `task.weights.h5` add everything else needed to continue training
+        (see `keras_dsd.models.preset_utils`). Weights above
+        `max_shard_size` GB are sharded. Refuses a folder that holds
+        another model's preset. Share it with
+        `keras_hub.upload_preset("hf://user/name", preset_dir)`.
+        """
+        preset_utils.save_task(self, preset_dir, max_shard_size)
+
+    def quantize(self, mode, **kwargs):
+        """`keras.Model.quantize` (e.g. `"int8"`), then forgets the compiled
+        `generate` / `encode` / `decode` functions, which hold the float
+        weights."""
+        with warnings.catch_warnings():
+            # Keras warns once per layer without weights to quantize.
+            warnings.filterwarnings(
+                "ignore", message=".*does not have a `quantize` method"
+            )
+            super().quantize(mode, **kwargs)
+        self._inference_functions = {}
 
 
 class _ReplicaSeedGenerator(keras.random.SeedGenerator):

@@ -512,10 +512,13 @@ def test_save_to_preset_and_from_preset(trained, tmp_path):
             "task.json", "task.weights.h5"} <= files
     restored = DSDImageGenerator.from_preset(preset_dir)
     _assert_same_model(restored, model)
-    # The backbone files alone restore the trained network.
+    # The backbone files alone hold the weights to generate with: the
+    # sampling EMA, not the trained network.
     backbone = DSDBackbone.from_preset(preset_dir)
     assert _weights_equal(backbone.get_weights(),
-                          model.backbone.get_weights())
+                          model.ema_backbone.get_weights())
+    assert not _weights_equal(backbone.get_weights(),
+                              model.backbone.get_weights())
     # Task arguments can be overridden.
     naive = DSDImageGenerator.from_preset(preset_dir, objective="naive")
     assert naive.objective == "naive"
@@ -727,7 +730,7 @@ def test_mixed_bfloat16_training():
 def test_compile_config_from_another_backend_is_not_replayed(trained):
     config = trained.model.get_compile_config()
     assert config["backend"] == BACKEND
-    fresh = _model()
+    fresh = _model(compile=False)
     with pytest.warns(UserWarning, match="loaded without an optimizer"):
         fresh.compile_from_config({**config, "backend": "other"})
     assert getattr(fresh, "optimizer", None) is None

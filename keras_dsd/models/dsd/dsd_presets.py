@@ -1,5 +1,9 @@
 """Architectures of the built-in presets. None ships pretrained weights.
 
+Each entry is keras-hub's preset metadata (`description`, exact `params`,
+`path`) plus the constructor arguments (`config`), because there is no
+Kaggle handle to read a `config.json` from.
+
 Depth, width and heads per size are the library's own choice (the paper
 gives only the total parameter counts: 42M / 118M / 205M). `params` is the
 exact `count_params()` of the backbone, checked by `dsd_presets_test.py`.
@@ -16,6 +20,7 @@ backbone_presets = {
                 "cheaper than patch 4."
             ),
             "params": 1_390_288,
+            "path": "dsd",
             "paper_params": None,
         },
         "config": {
@@ -32,6 +37,7 @@ backbone_presets = {
         "metadata": {
             "description": "DSD-S: ImageNet 256x256, patch 16, about 42M.",
             "params": 41_131_840,
+            "path": "dsd",
             "paper_params": 42_000_000,
         },
         "config": {
@@ -48,6 +54,7 @@ backbone_presets = {
         "metadata": {
             "description": "DSD-M: ImageNet 256x256, patch 16, about 118M.",
             "params": 115_461_312,
+            "path": "dsd",
             "paper_params": 118_000_000,
         },
         "config": {
@@ -64,6 +71,7 @@ backbone_presets = {
         "metadata": {
             "description": "DSD-B: ImageNet 256x256, patch 16, about 205M.",
             "params": 210_718_528,
+            "path": "dsd",
             "paper_params": 205_000_000,
         },
         "config": {
