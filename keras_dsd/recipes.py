@@ -96,7 +96,9 @@ class Recipe:
         if backbone is None:
             backbone = DSDBackbone.from_preset(self.preset)
         model = DSDImageGenerator(
-            backbone=backbone, **{**self.generator, **generator_overrides}
+            backbone=backbone,
+            compile=False,  # compiled below with the recipe's optimizer
+            **{**self.generator, **generator_overrides},
         )
         model.compile(
             optimizer=self.optimizer(gradient_accumulation_steps),
