@@ -30,3 +30,8 @@ def default_jit_compile():
 
 def scale_loss_for_replicas(loss):
     return loss
+
+
+def gather_replicas(x):
+    # One jitted program already sees the global batch.
+    return x

@@ -39,3 +39,12 @@ def scale_loss_for_replicas(loss):
     do the same)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss / replicas if replicas > 1 else loss
+
+
+def gather_replicas(x):
+    """`x` of every replica, concatenated along axis 0, inside a
+    multi-replica `strategy.run`; else `x`."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    return context.all_gather(x, axis=0)
