@@ -305,6 +305,11 @@ class DSDImageGenerator(keras.Model):
         """Diffusion noise `eps` of the latents' shape."""
         return keras.random.normal(ops.shape(latents), seed=self.seed_generator)
 
+    def _sample_label_dropout(self, batch_size):
+        """Which labels become the null class, `(B,)` bool."""
+        draws = keras.random.uniform((batch_size,), seed=self.seed_generator)
+        return draws < self.label_dropout
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
@@ -327,9 +332,7 @@ class DSDImageGenerator(keras.Model):
         noise = self._sample_noise(online)
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
         if training and self.label_dropout > 0:
-            drop = keras.random.uniform(
-                (batch_size,), seed=self.seed_generator
-            ) < self.label_dropout
+            drop = self._sample_label_dropout(batch_size)
             labels = ops.where(drop, self.backbone.null_class, labels)
         prediction = self.backbone.denoise(
             objectives.noisy_latents(online, noise, t), t, labels

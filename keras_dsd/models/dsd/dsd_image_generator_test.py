@@ -736,3 +736,165 @@ def test_compile_config_from_another_backend_is_not_replayed(trained):
         _fit(fresh, *_data())
     fresh.compile_from_config(config)
     assert type(fresh.optimizer) is type(trained.model.optimizer)
+
+
+# === The training step, pinned by numbers ===
+# Three examples with fixed, different times (0.97 is clamped by t_min:
+# w = 1 / 0.05^2 = 400), fixed noise and a fixed label-dropout mask. The
+# teacher holds weights of its own, so swapping the online and the target
+# latent changes the loss.
+PIN_TIMES = np.array([0.2, 0.6, 0.97], "float32")
+PIN_NOISE = np.random.default_rng(9).standard_normal((3, 4, 4)).astype(
+    "float32"
+)
+PIN_LABELS = np.array([0, 1, 2], "int32")
+PIN_DROP = np.array([False, True, False])
+PIN_WEIGHT = 0.7  # diffusion_loss_weight
+PIN_VARIABLES = (
+    "patch_embedding/projection/kernel",
+    "encoder_head/projection/kernel",
+    "denoiser_head/projection/kernel",
+    "class_embedding/embeddings",
+)
+
+
+class PinnedGenerator(DSDImageGenerator):
+    def _sample_time(self, latents):
+        return keras.ops.convert_to_tensor(PIN_TIMES)
+
+    def _sample_noise(self, latents):
+        return keras.ops.convert_to_tensor(PIN_NOISE)
+
+    def _sample_label_dropout(self, batch_size):
+        return keras.ops.convert_to_tensor(PIN_DROP)
+
+
+def _pinned_model(objective, label_dropout=0.5):
+    model = PinnedGenerator(
+        _random_backbone(), objective=objective, seed=0,
+        diffusion_loss_weight=PIN_WEIGHT, label_dropout=label_dropout,
+    )
+    if model.teacher_backbone is not None:
+        test_utils.randomize_weights(model.teacher_backbone, seed=5,
+                                     stddev=0.2)
+    return model
+
+
+def _pinned_variables(model):
+    by_path = {v.path: v for v in model.backbone.trainable_variables}
+    return [by_path[path] for path in PIN_VARIABLES]
+
+
+def _independent_loss(model, images, objective, labels):
+    """The loss written out from the backbone's encode / decode / denoise
+    calls and `keras.ops`, as DESIGN.md states it."""
+    ops = keras.ops
+    x = ops.convert_to_tensor(images.astype("float32") / 127.5 - 1.0)
+    t = ops.convert_to_tensor(PIN_TIMES)[:, None, None]
+    eps = ops.convert_to_tensor(PIN_NOISE)
+    z1 = model.backbone.encode(x)
+    z_t = t * z1 + (1.0 - t) * eps
+    prediction = model.backbone.denoise(z_t, PIN_TIMES, labels)
+    reconstruction = ops.mean(ops.square(model.backbone.decode(z1) - x))
+    if objective == "naive":
+        diffusion = ops.mean(ops.square(prediction - (z1 - eps)))
+    else:
+        z2 = ops.stop_gradient(model.teacher_backbone.encode(x))
+        if objective == "decoupled":
+            diffusion = ops.mean(ops.square(prediction - (z2 - eps)))
+        else:
+            weight = 1.0 / np.maximum(1.0 - PIN_TIMES, 0.05) ** 2
+            per_example = ops.mean(ops.square(prediction - z2), axis=(1, 2))
+            diffusion = ops.mean(weight * per_example)
+    return reconstruction + PIN_WEIGHT * diffusion
+
+
+def _numpy_loss(model, images, objective, labels):
+    """The same loss from the networks' numpy outputs, in float64."""
+    x = images.astype("float64") / 127.5 - 1.0
+    x32 = x.astype("float32")
+    z1 = test_utils.to_numpy(model.backbone.encode(x32)).astype("float64")
+    t = PIN_TIMES.astype("float64")[:, None, None]
+    eps = PIN_NOISE.astype("float64")
+    z_t = (t * z1 + (1 - t) * eps).astype("float32")
+    prediction = test_utils.to_numpy(
+        model.backbone.denoise(z_t, PIN_TIMES, labels)
+    ).astype("float64")
+    decoded = test_utils.to_numpy(model.backbone.decode(z1.astype("float32")))
+    reconstruction = np.mean((decoded - x) ** 2)
+    if objective == "naive":
+        diffusion = np.mean((prediction - (z1 - eps)) ** 2)
+    else:
+        z2 = test_utils.to_numpy(model.teacher_backbone.encode(x32))
+        if objective == "decoupled":
+            diffusion = np.mean((prediction - (z2 - eps)) ** 2)
+        else:
+            weight = 1.0 / np.maximum(1.0 - PIN_TIMES, 0.05) ** 2
+            np.testing.assert_allclose(weight[2], 400.0, rtol=1e-4)
+            diffusion = np.mean(
+                weight * np.mean((prediction - z2) ** 2, axis=(1, 2))
+            )
+    return reconstruction + PIN_WEIGHT * diffusion
+
+
+@pytest.mark.parametrize("objective", ["naive", "decoupled", "dsd"])
+def test_compute_loss_value_and_gradients_are_pinned(objective):
+    model = _pinned_model(objective)
+    images = _data(3)[0]
+    null = model.backbone.null_class
+    dropped = np.where(PIN_DROP, null, PIN_LABELS).astype("int32")
+    variables = _pinned_variables(model)
+
+    def library():
+        return model.compute_loss(x=images, y=PIN_LABELS)
+
+    value, grads = test_utils.value_and_grad(library, variables)
+    np.testing.assert_allclose(
+        value, _numpy_loss(model, images, objective, dropped), rtol=2e-5
+    )
+    expected_value, expected = test_utils.value_and_grad(
+        lambda: _independent_loss(model, images, objective, dropped),
+        variables,
+    )
+    np.testing.assert_allclose(value, expected_value, rtol=2e-5)
+    for path, actual, wanted in zip(PIN_VARIABLES, grads, expected):
+        assert np.abs(wanted).max() > 1e-6, path  # the weight matters
+        np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-6,
+                                   err_msg=path)
+    # Label dropout: the denoiser saw the null class for example 1 and its
+    # own labels elsewhere, so class 1's embedding row gets no gradient
+    # and the null row does.
+    rows = grads[PIN_VARIABLES.index("class_embedding/embeddings")]
+    assert np.all(rows[1] == 0.0)
+    assert np.abs(rows[null]).max() > 1e-6
+    assert np.abs(rows[0]).max() > 1e-6 and np.abs(rows[2]).max() > 1e-6
+
+
+def test_label_dropout_off_sees_every_label():
+    # Without label dropout (and outside training) the mask is never read.
+    model = _pinned_model("dsd", label_dropout=0.0)
+    images = _data(3)[0]
+    value = float(test_utils.to_numpy(
+        model.compute_loss(x=images, y=PIN_LABELS)
+    ))
+    np.testing.assert_allclose(
+        value, _numpy_loss(model, images, "dsd", PIN_LABELS), rtol=2e-5
+    )
+    dropout = _pinned_model("dsd")
+    value = float(test_utils.to_numpy(
+        dropout.compute_loss(x=images, y=PIN_LABELS, training=False)
+    ))
+    np.testing.assert_allclose(
+        value, _numpy_loss(dropout, images, "dsd", PIN_LABELS), rtol=2e-5
+    )
+
+
+def test_deterministic_helper_gives_distinct_times():
+    model = test_utils.deterministic_generator(_random_backbone())
+    latents = model.backbone.encode(
+        _data(4)[0].astype("float32") / 127.5 - 1.0
+    )
+    times = test_utils.to_numpy(model._sample_time(latents))
+    assert np.all((times > 0) & (times < 1))
+    assert np.min(np.abs(times[:, None] - times[None])
+                  + np.eye(4)) > 1e-3, times
