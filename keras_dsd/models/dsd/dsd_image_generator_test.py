@@ -898,3 +898,146 @@ def test_deterministic_helper_gives_distinct_times():
     assert np.all((times > 0) & (times < 1))
     assert np.min(np.abs(times[:, None] - times[None])
                   + np.eye(4)) > 1e-3, times
+
+
+# === EMA step counter, mixed float16 ===
+
+
+def _ema_step(model):
+    return int(test_utils.to_numpy(model.ema_step))
+
+
+def test_warmup_continues_after_a_weights_round_trip(tmp_path):
+    # Two steps, save, load into a new model compiled with a fresh
+    # optimizer (as after `from_preset`), one more step: that update is
+    # k = 2, decay min(m, 3 / 12) = 0.25 for the EMA (m = 0.9) and 0.2 for
+    # the teacher (m = 0.2), not the k = 0 decay 0.1 of a fresh optimizer.
+    def make():
+        return _compile_fast(
+            _model(_random_backbone(), teacher_decay=0.2, ema_decay=0.9),
+            optimizer=keras.optimizers.AdamW(learning_rate=1e-2),
+        )
+
+    first = make()
+    _fit(first, *_data(4))
+    assert _ema_step(first) == 2
+    path = str(tmp_path / "model.weights.h5")
+    first.save_weights(path)
+
+    second = make()
+    second.load_weights(path)
+    assert _ema_step(second) == 2
+    second.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-2),
+                   jit_compile=False, run_eagerly=True)
+    teacher = second.teacher_backbone.get_weights()
+    ema = second.ema_backbone.get_weights()
+    callback = RecordWeights()
+    _fit(second, *_data(2, seed=1), callbacks=[callback])
+    assert _ema_step(second) == 3
+    online = callback.weights[0]
+    for shadow, before, decay in ((second.teacher_backbone, teacher, 0.2),
+                                  (second.ema_backbone, ema, 0.25)):
+        expected = [decay * b + (1 - decay) * w
+                    for b, w in zip(before, online)]
+        _assert_weights_close(shadow.get_weights(), expected)
+
+
+def _float16_model():
+    backbone = test_utils.randomize_weights(
+        test_utils.tiny_backbone(dtype="mixed_float16"), seed=1, stddev=0.2
+    )
+    model = _model(backbone, teacher_decay=0.5, ema_decay=0.9)
+    # Teacher and EMA apart from the network, so that overwriting them
+    # with the trained weights shows.
+    test_utils.randomize_weights(model.teacher_backbone, seed=2, stddev=0.2)
+    test_utils.randomize_weights(model.ema_backbone, seed=3, stddev=0.2)
+    return model
+
+
+def test_float16_backbone_gets_loss_scaling():
+    model = _compile_fast(_float16_model())
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_float16_skipped_step_leaves_both_emas():
+    # A loss scale of 2^100 overflows the float16 gradients: the
+    # LossScaleOptimizer skips the step and halves its scale.
+    model = _float16_model()
+    _compile_fast(model, optimizer=keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.AdamW(learning_rate=1e-2), initial_scale=2.0**100
+    ))
+    before = [network.get_weights() for network in
+              (model.backbone, model.teacher_backbone, model.ema_backbone)]
+    _fit(model, *_data())
+    assert float(test_utils.to_numpy(model.optimizer.dynamic_scale)) == (
+        2.0**99
+    )
+    after = [network.get_weights() for network in
+             (model.backbone, model.teacher_backbone, model.ema_backbone)]
+    for name, b, a in zip(("backbone", "teacher", "ema"), before, after):
+        assert _weights_equal(a, b), name
+    assert _ema_step(model) == 0
+
+
+def test_float16_training_moves_the_emas_with_the_warmup():
+    model = _float16_model()
+    teacher = model.teacher_backbone.get_weights()
+    ema = model.ema_backbone.get_weights()
+    _compile_fast(model, optimizer=keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.AdamW(learning_rate=1e-2), initial_scale=1.0
+    ))
+    callback = RecordWeights()
+    _fit(model, *_data(4), callbacks=[callback])
+    assert _ema_step(model) == 2
+    assert int(test_utils.to_numpy(model.optimizer.iterations)) == 2
+    # k = 0, 1: decays 0.1 and min(m, 2 / 11).
+    for shadow, start, decay in ((model.teacher_backbone, teacher, 0.5),
+                                 (model.ema_backbone, ema, 0.9)):
+        _assert_weights_close(
+            shadow.get_weights(), _numpy_ema(start, callback.weights, decay)
+        )
+
+
+# === Empty data, and which weights each verb runs ===
+
+
+def test_empty_data_is_refused_up_front(fresh):
+    import tensorflow as tf
+
+    images = np.zeros((0, 8, 8, 3), "uint8")
+    labels = np.zeros((0,), "int32")
+
+    class Empty(keras.utils.PyDataset):
+        def __len__(self):
+            return 0
+
+        def __getitem__(self, index):
+            raise IndexError(index)
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    for data in ((images, labels), (dataset, None), (Empty(), None)):
+        with pytest.raises(ValueError, match="empty training data"):
+            fresh.fit(*data, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="`class_labels` is empty"):
+        fresh.generate([], num_steps=1)
+    with pytest.raises(ValueError, match="`images` is empty"):
+        fresh.encode(images)
+    with pytest.raises(ValueError, match="`latents` is empty"):
+        fresh.decode(np.zeros((0, 4, 4), "float32"))
+
+
+def test_predict_runs_the_trained_network_and_encode_the_ema():
+    model = _model()
+    test_utils.randomize_weights(model.ema_backbone, seed=4, stddev=0.2)
+    images = _data(2)[0]
+    x = images.astype("float32") / 127.5 - 1.0
+    online = test_utils.to_numpy(model.backbone.encode(x))
+    ema = test_utils.to_numpy(model.ema_backbone.encode(x))
+    assert np.abs(online - ema).max() > 1e-2
+    predicted = model.predict(images, batch_size=2, verbose=0)
+    np.testing.assert_allclose(predicted["latents"], online, atol=1e-5)
+    np.testing.assert_allclose(
+        predicted["reconstructions"],
+        test_utils.to_numpy(model.backbone.decode(online)), atol=1e-5,
+    )
+    np.testing.assert_allclose(model.encode(images), ema, atol=1e-5)
