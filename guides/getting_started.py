@@ -304,8 +304,8 @@ diffusion loss from 7.6 to about 0.7, where it then stays between 0.67 and
 0.82 while the reconstructions keep improving (0.084 at step 500). The
 latent metrics show a healthy run: the effective rank first dips from 5.01
 to 2.73 while the network works out a code (the monitor's threshold is 2,
-so it stayed quiet), then climbs back to 5.40 (at most 7), and `latent_std` rises
-from 0.46 to 0.95: the latents spread out and use more directions as
+so it stayed quiet), then climbs back to 5.40 (at most 7), and
+`latent_std` rises from 0.46 to 0.95: the latents spread out and use more directions as
 training goes on. The [latent collapse guide](latent_collapse.py) shows
 what unhealthy runs look like. (Fast mode trains a one-block network for 4
 steps; its numbers say nothing about training.)
@@ -395,8 +395,8 @@ keras_dsd.utils.image_grid.save_image_grid(
 
 """
 In the full run the round trip scored 17.34 dB PSNR on the 100 digits, and
-their latents had `latent_std` 0.933 and effective rank 5.38 (at most 7), close to
-the last values of the training log. Real digits above their
+their latents had `latent_std` 0.933 and effective rank 5.38 (at most 7),
+close to the last values of the training log. Real digits above their
 reconstructions:
 
 ![Reconstructions](../docs/guides/getting_started_reconstructions.png)
