@@ -24,8 +24,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
       epochs, the partial last one of a stopped `fit` included, counted in
       batches whatever `steps_per_execution` and gradient accumulation
       are) and the optimizer step reached, the weights file, and the
-      random-number states of the model's seed generators (the diffusion times and noise continue
-      where they stopped).
+      random-number states of the model's seed generators (the diffusion
+      times and noise continue where they stopped).
 
     A new weights file is complete before `checkpoint.json` points to it,
     and both are written to a temporary name and renamed, so a crash at any
