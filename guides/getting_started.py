@@ -306,8 +306,9 @@ latent metrics show a healthy run: the effective rank first dips from 5.01
 to 2.73 while the network works out a code (the monitor's threshold is 2,
 so it stayed quiet), then climbs back to 5.40 (at most 7), and
 `latent_std` rises from 0.46 to 0.95: the latents spread out and use more
-directions as training goes on. The [latent collapse guide](latent_collapse.py) shows
-what unhealthy runs look like. (Fast mode trains a one-block network for 4
+directions as training goes on. The
+[latent collapse guide](latent_collapse.py) shows what unhealthy runs look
+like. (Fast mode trains a one-block network for 4
 steps; its numbers say nothing about training.)
 """
 
