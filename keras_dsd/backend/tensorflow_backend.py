@@ -47,4 +47,6 @@ def gather_replicas(x):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return x
-    return context.all_gather(x, axis=0)
+    gathered = context.all_gather(x, axis=0)
+    # `all_gather` loses the static shape of the other axes.
+    return tf.reshape(gathered, [-1, *x.shape[1:]])
