@@ -9,8 +9,8 @@ batches, the loss and every weight (network, teacher, EMA) must match the
 over the batch are split (measured here with per-example times in
 (0.2, 0.8): 1e-5 TF; with one time 0.5 for every example it was 6e-8
 JAX, 3e-6 TF, 9e-7 torch), while a wrong gradient scale or a missing
-all-reduce moves weights by about 1e-2 (the steps change them by 0.18). The logged
-`latent_effective_rank` and `latent_std` must match too.
+all-reduce moves weights by about 1e-2 (the steps change them by 0.18).
+The logged `latent_effective_rank` and `latent_std` must match too.
 """
 
 import json
