@@ -802,7 +802,9 @@ def _independent_loss(model, images, objective, labels):
         if objective == "decoupled":
             diffusion = ops.mean(ops.square(prediction - (z2 - eps)))
         else:
-            weight = 1.0 / np.maximum(1.0 - PIN_TIMES, 0.05) ** 2
+            weight = ops.convert_to_tensor(
+                1.0 / np.maximum(1.0 - PIN_TIMES, 0.05) ** 2
+            )
             per_example = ops.mean(ops.square(prediction - z2), axis=(1, 2))
             diffusion = ops.mean(weight * per_example)
     return reconstruction + PIN_WEIGHT * diffusion
