@@ -460,12 +460,14 @@ fired for `decoupled` and missed `naive`. The monitor now watches both
 metrics, step by step, against their own early values (the mean of the
 first 10 steps). A full JAX run of this guide with it printed, for
 `naive`: "Latent collapse at step 90: latent_std=0.04 stayed below 0.08762
-for 50 readings (reference 0.4381)". For the two other objectives the
-curves above give the outcome: `decoupled`'s rank ends at 1.06, far below
-0.4 x 5.10 = 2.04, so its rank alarm fires once it has stayed there for
-50 steps; `dsd`'s lowest rank, 2.37, stays above 2.04 and its
-`latent_std` only grows, so it stays silent. The `alarm` column of the
-table that this cell prints shows which metric fired, and at which step.
+for 50 readings (reference 0.4381)", and for `decoupled`: "Latent collapse
+at step 159: latent_effective_rank=1.529 stayed below 1.957 for 50
+readings (reference 4.892)". For `dsd` the curves above give the outcome
+(that run's `dsd` part had not finished when this text was written): its
+lowest rank, 2.37, stays above 0.4 times its early rank of about 5 and
+its `latent_std` only grows, so the monitor stays silent. The `alarm`
+column of the table that this cell prints shows which metric fired, and
+at which step.
 
 ![Latent curves](../docs/guides/latent_collapse_curves.png)
 
