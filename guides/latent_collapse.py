@@ -465,10 +465,10 @@ at step 159: latent_effective_rank=1.529 stayed below 1.957 for 50
 readings (reference 4.892)". (That run was stopped by its time limit
 before `dsd` trained; its `naive` part ended at `latent_std` 0.026 and
 rank 4.93, PSNR 19.36 dB, close to but not equal to the table above.) For
-`dsd` the curves above give the outcome: its lowest rank, 2.37, stays above 0.4 times its early rank of about 5 and
-its `latent_std` only grows, so the monitor stays silent. The `alarm`
-column of the table that this cell prints shows which metric fired, and
-at which step.
+`dsd` the curves above give the outcome: its lowest rank, 2.37, stays
+above 0.4 times its early rank of about 5 and its `latent_std` only
+grows, so the monitor stays silent. The `alarm` column of the table that
+this cell prints shows which metric fired, and at which step.
 
 ![Latent curves](../docs/guides/latent_collapse_curves.png)
 
