@@ -401,7 +401,7 @@ def format_table(summary):
     channels = summary["latent_channels"]
     header = (
         "| mode | steps | train min | final eff. rank (max "
-        f"{channels}) | min eff. rank | final latent std | held-out PSNR "
+        f"{channels - 1}) | min eff. rank | final latent std | held-out PSNR "
         "(dB) | classifier FD | class accuracy |"
     )
     lines = [header, "|" + "---|" * 9]
@@ -451,7 +451,9 @@ def format_report(summary):
         format_table(summary),
         "",
         "- Effective rank: `exp` of the entropy of the latent covariance's "
-        "normalised eigenvalues (max = c). *Final* = mean over the last "
+        "normalised eigenvalues (max = c - 1: the latent LayerNorm "
+        "removes each token's channel mean, so one eigenvalue is always "
+        "0). *Final* = mean over the last "
         "10% of steps; *min* over all steps.",
         f"- Held-out PSNR: encode -> decode of the {summary['num_heldout']} "
         "held-out digits, sampling-EMA weights.",

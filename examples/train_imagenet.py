@@ -394,9 +394,9 @@ def train(args):
             keras.callbacks.CSVLogger(
                 os.path.join(args.output_dir, "history.csv"), append=True
             ),
-            keras_dsd.callbacks.LatentCollapseMonitor(
-                min_rank=preset["latent_channels"] / 4
-            ),
+            # Thresholds relative to the run's first steps, on both the
+            # effective rank (at most c - 1) and latent_std.
+            keras_dsd.callbacks.LatentCollapseMonitor(),
             keras_dsd.callbacks.SampleGrid(
                 os.path.join(args.output_dir, "samples",
                              "loop_{epoch:05d}.png"),

@@ -203,12 +203,14 @@ measurements of the latents that the encoder produced for the batch:
   means that all patches get nearly the same latent.
 - `latent_effective_rank`: how many of the 8 latent directions the batch
   really uses (the exponential of the entropy of the normalised eigenvalues
-  of the latents' 8x8 covariance; between 1 and 8).
+  of the latents' 8x8 covariance; between 1 and 7, since each latent
+  token is normalised to zero mean over its 8 channels).
 
 Either falling fast is the sign of *latent collapse*: the encoder has found
 that squashing its latents makes the diffusion loss easy. DSD's objective is
 designed to prevent it. `keras_dsd.callbacks.LatentCollapseMonitor` watches
-`latent_effective_rank` and warns (or stops training) when it stays low.
+`latent_effective_rank` and `latent_std` and warns (or stops training)
+when either stays low.
 
 Keras reports each metric as a running mean over the epoch; the small
 callback below turns those back into per-step values and prints a summary
@@ -265,7 +267,7 @@ model.fit(
     callbacks=[
         keras_dsd.callbacks.TimeLimit(minutes=10),  # a safety cap
         keras_dsd.callbacks.LatentCollapseMonitor(
-            min_rank=2.0, patience=25, check="batch"
+            min_rank=2.0, patience=25
         ),
         keras.callbacks.TerminateOnNaN(),
         health,
@@ -302,10 +304,11 @@ diffusion loss from 7.6 to about 0.7, where it then stays between 0.67 and
 0.82 while the reconstructions keep improving (0.084 at step 500). The
 latent metrics show a healthy run: the effective rank first dips from 5.01
 to 2.73 while the network works out a code (the monitor's threshold is 2,
-so it stayed quiet), then climbs back to 5.40 of 8, and `latent_std` rises
-from 0.46 to 0.95: the latents spread out and use more directions as
-training goes on. The [latent collapse guide](latent_collapse.py) shows
-what unhealthy runs look like. (Fast mode trains a one-block network for 4
+so it stayed quiet), then climbs back to 5.40 (at most 7), and
+`latent_std` rises from 0.46 to 0.95: the latents spread out and use more
+directions as training goes on. The
+[latent collapse guide](latent_collapse.py) shows what unhealthy runs look
+like. (Fast mode trains a one-block network for 4
 steps; its numbers say nothing about training.)
 """
 
@@ -393,8 +396,8 @@ keras_dsd.utils.image_grid.save_image_grid(
 
 """
 In the full run the round trip scored 17.34 dB PSNR on the 100 digits, and
-their latents had `latent_std` 0.933 and effective rank 5.38 of 8, close to
-the last values of the training log. Real digits above their
+their latents had `latent_std` 0.933 and effective rank 5.38 (at most 7),
+close to the last values of the training log. Real digits above their
 reconstructions:
 
 ![Reconstructions](../docs/guides/getting_started_reconstructions.png)

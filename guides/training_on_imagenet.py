@@ -263,7 +263,7 @@ trained the remaining 300 steps in 2.2 min, 71.8 images/s including its
 compilation and sample grids. Its `history.csv` (below) continues the
 killed run's first row: the reconstruction loss fell 0.33 -> 0.14 -> 0.11
 -> 0.084 over the four loops and the latent effective rank rose 3.2 ->
-5.0 of 8, with no jump at the resume.
+5.0 (at most 7), with no jump at the resume.
 
 ## Sample grids
 

@@ -53,12 +53,16 @@ def make_model():
     return model
 
 
+LATENT_KEYS = ("latent_effective_rank", "latent_std")
+
+
 def train(model, images, labels, batch_size):
     history = model.fit(
         images, labels, batch_size=batch_size, epochs=1, shuffle=False,
         verbose=0,
     )
-    return float(history.history["loss"][0])
+    latent = {key: float(history.history[key][0]) for key in LATENT_KEYS}
+    return float(history.history["loss"][0]), latent
 
 
 def weights(model):
@@ -76,7 +80,8 @@ def main(output_path):
 
     single = make_model()
     initial = weights(single)
-    single_loss = train(single, images, labels, GLOBAL_BATCH)
+    single_loss, single_latent = train(single, images, labels,
+                                       GLOBAL_BATCH)
 
     devices = ["/cpu:0", "/cpu:1"] if BACKEND == "tensorflow" else None
     context = distribution.setup_data_parallel(devices=devices)
@@ -90,7 +95,8 @@ def main(output_path):
     # process i % num_processes (`ImageFolder.as_dataset`'s convention).
     shard = np.arange(len(images)).reshape(STEPS, GLOBAL_BATCH)
     shard = shard[:, context.process_index::context.data_shards].ravel()
-    multi_loss = train(multi, images[shard], labels[shard], batch_size)
+    multi_loss, multi_latent = train(multi, images[shard], labels[shard],
+                                     batch_size)
 
     diff = max(np.abs(a - b).max() for a, b in zip(weights(multi),
                                                      weights(single)))
@@ -104,6 +110,9 @@ def main(output_path):
         "multi_loss": multi_loss,
         "max_weight_difference": float(diff),
         "max_weight_change": float(moved),
+        # Logged on the global batch whatever the device count.
+        "single_latent": single_latent,
+        "multi_latent": multi_latent,
     }
     if BACKEND == "torch" and context.num_processes > 1:
         import torch

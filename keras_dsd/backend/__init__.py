@@ -13,6 +13,9 @@
 - `replica_id()`: which data-parallel replica runs the current training
   step (`None` where the whole global batch is one program, as with JAX's
   `keras.distribution`), so that replicas draw different diffusion noise.
+- `gather_replicas(x)`: the global batch of a per-replica tensor (TF
+  `MirroredStrategy` replicas, PyTorch processes), so that logged metrics
+  do not depend on the device count.
 - `keras_dsd.backend.torch_backend` also holds the PyTorch multi-process
   helpers (gradient all-reduce, weight broadcast) that `torchrun` training
   needs, since Keras' `fit` has no DistributedDataParallel of its own.
@@ -47,6 +50,10 @@ def dot_product_attention(query, key, value):
 
 def replica_id():
     return _module().replica_id()
+
+
+def gather_replicas(x):
+    return _module().gather_replicas(x)
 
 
 def default_jit_compile():

@@ -73,3 +73,14 @@ def setup_data_parallel(devices, tpu, multi_host):
         "strategy": strategy,
         "description": f"{replicas} replica(s), tf.distribute {kind}",
     }
+
+
+def gather_replicas(x):
+    """`x` of every replica, concatenated along axis 0, inside a
+    multi-replica `strategy.run`; else `x`."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    gathered = context.all_gather(x, axis=0)
+    # `all_gather` loses the static shape of the other axes.
+    return tf.reshape(gathered, [-1, *x.shape[1:]])

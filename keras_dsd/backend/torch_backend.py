@@ -192,3 +192,17 @@ def setup_data_parallel(devices, tpu, multi_host):
             + (", gradient all-reduce" if world_size > 1 else "")
         ),
     }
+
+
+def gather_replicas(x):
+    """`x` of every process, concatenated along axis 0, in a multi-process
+    run; else `x`. For logged values only: no gradient flows back."""
+    import torch.distributed as dist
+
+    group = _process_group()
+    if group is None or group[1] == 1:
+        return x
+    x = x.detach().contiguous()
+    pieces = [torch.empty_like(x) for _ in range(group[1])]
+    dist.all_gather(pieces, x)
+    return torch.cat(pieces, dim=0)

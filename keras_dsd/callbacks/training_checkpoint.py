@@ -20,11 +20,12 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     - `ckpt-<step>.weights.h5`: every weight of the model (the trained
       network, the EMA teacher and the sampling EMA) and the optimizer's
       state, its iteration counter included;
-    - `checkpoint.json`: the epoch, the batches seen (all epochs, the
-      partial last one of a stopped `fit` included) and the optimizer step
-      reached, the weights file, and the random-number states of the
-      model's seed generators (the diffusion times and noise continue
-      where they stopped).
+    - `checkpoint.json`: the epoch, the batches of data consumed (all
+      epochs, the partial last one of a stopped `fit` included, counted in
+      batches whatever `steps_per_execution` and gradient accumulation
+      are) and the optimizer step reached, the weights file, and the
+      random-number states of the model's seed generators (the diffusion
+      times and noise continue where they stopped).
 
     A new weights file is complete before `checkpoint.json` points to it,
     and both are written to a temporary name and renamed, so a crash at any
@@ -56,6 +57,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.write = write
         self.restored_state = None
         self.batches = 0
+        self._batches_before_epoch = 0
 
     @staticmethod
     def read_state(directory):
@@ -109,8 +111,14 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         # same model must not start from the restored epoch again.
         self.model._initial_epoch = None
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches_before_epoch = self.batches
+
     def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
+        # `batch` is the index, within the epoch, of the last batch that the
+        # call consumed: with `steps_per_execution > 1` Keras calls this
+        # once per chunk of batches, so counting calls would fall behind.
+        self.batches = self._batches_before_epoch + batch + 1
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.save_every_n_epochs == 0:

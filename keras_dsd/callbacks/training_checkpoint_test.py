@@ -28,7 +28,7 @@ class Crash(keras.callbacks.Callback):
             raise RuntimeError("simulated crash")
 
 
-def _model(weights_seed=1):
+def _model(weights_seed=1, accumulation=None, steps_per_execution=1):
     backbone = test_utils.randomize_weights(
         test_utils.tiny_backbone(), seed=weights_seed, stddev=0.2
     )
@@ -36,9 +36,12 @@ def _model(weights_seed=1):
         backbone, teacher_decay=0.5, ema_decay=0.9, seed=3
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=1e-2),
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=1e-2, gradient_accumulation_steps=accumulation
+        ),
         jit_compile=False,
         run_eagerly=True,
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -140,3 +143,55 @@ def test_read_state_and_errors(tmp_path):
         TrainingCheckpoint.read_state(str(tmp_path))
     with pytest.raises(ValueError, match="`keep` must be >= 1"):
         TrainingCheckpoint(str(tmp_path), keep=0)
+
+
+# 6 distinct batches of 2 images: a data stream that can start anywhere.
+STREAM_IMAGES = test_utils.random_images(12, seed=5)
+STREAM_LABELS = test_utils.random_labels(12, seed=5)
+
+
+def _stream(start):
+    """Batches `start, start + 1, ...` of the stream, as a resumable input
+    pipeline gives them (`ImageFolder.as_dataset(start_step=...)`)."""
+    step = start
+    while True:
+        index = 2 * (step % 6)
+        yield (STREAM_IMAGES[index:index + 2], STREAM_LABELS[index:index + 2])
+        step += 1
+
+
+@pytest.mark.parametrize(
+    "steps_per_execution,accumulation", [(2, None), (1, 2)]
+)
+def test_resume_continues_the_data_stream_at_the_right_batch(
+    tmp_path, steps_per_execution, accumulation
+):
+    if steps_per_execution > 1 and keras.backend.backend() == "torch":
+        pytest.skip("Keras refuses steps_per_execution > 1 on PyTorch.")
+    # 3 epochs of 2 batches; the crash comes after epoch 2, i.e. after 4
+    # batches (with steps_per_execution=2, Keras reports them in 2 calls;
+    # with accumulation, they make 2 optimizer steps). The resumed run
+    # reads the stream from the checkpoint's batch count.
+    options = {"accumulation": accumulation,
+               "steps_per_execution": steps_per_execution}
+    fit = {"steps_per_epoch": 2, "epochs": 3, "verbose": 0,
+           "shuffle": False}
+    straight = _model(**options)
+    straight.fit(_stream(0), **fit)
+
+    directory = str(tmp_path / "backup")
+    crashed = _model(**options)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.fit(_stream(0), callbacks=[
+            TrainingCheckpoint(directory), Crash(epoch=2)
+        ], **fit)
+    state = TrainingCheckpoint.read_state(directory)
+    assert state["batches"] == 4
+    assert state["step"] == 4 // (accumulation or 1)
+
+    resumed = _model(weights_seed=7, **options)
+    checkpoint = TrainingCheckpoint(directory)
+    resumed.fit(_stream(state["batches"]), callbacks=[checkpoint], **fit)
+    assert checkpoint.batches == 6
+    for actual, expected in zip(_state(resumed), _state(straight)):
+        np.testing.assert_allclose(actual, expected, atol=1e-6, rtol=0)

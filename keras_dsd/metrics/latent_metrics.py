@@ -28,8 +28,13 @@ def effective_rank(latents, epsilon=1e-12):
 
     `exp(H(p))` with `p` the covariance eigenvalues normalised to sum to 1
     and `H` the Shannon entropy. It is 1 when all variance lies in one
-    direction and `c` when the `c` channels are isotropic. A fast fall is
-    the alarm for latent collapse.
+    direction and `c` when the `c` channels are isotropic. The latents of
+    `DSDBackbone.encode` end in a per-token LayerNorm over their `c`
+    channels, which removes each token's channel mean: every token is
+    orthogonal to the all-ones direction, one covariance eigenvalue is
+    always 0, and their effective rank is at most `c - 1` (the value is
+    reported as it is, on that scale: 7 is the top for `c = 8`). A fast
+    fall is the alarm for latent collapse.
 
     Args:
         latents: `(..., c)` tensor; all leading axes are treated as tokens.

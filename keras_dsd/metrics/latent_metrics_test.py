@@ -90,3 +90,27 @@ def test_latent_std_against_numpy():
         test_utils.to_numpy(latent_metrics.latent_std(x.astype("float32")))
     )
     np.testing.assert_allclose(actual, expected, rtol=1e-5)
+
+
+def test_backbone_latents_have_rank_at_most_c_minus_1():
+    # The encoder's per-token LayerNorm removes each token's channel mean,
+    # so the all-ones direction holds no variance. A random-weight backbone
+    # with c = 4 channels spreads its 64 x 4 = 256 tokens over the other 3
+    # directions: its rank is at most 3 (and well above 2).
+    backbone = test_utils.randomize_weights(
+        test_utils.tiny_backbone(), seed=0, stddev=0.5
+    )
+    images = test_utils.random_images(64)
+    latents = test_utils.to_numpy(
+        backbone.encode(images.astype("float32") / 127.5 - 1.0)
+    )
+    tokens = latents.reshape(-1, 4).astype("float64")
+    np.testing.assert_allclose(tokens.mean(axis=1), 0.0, atol=1e-5)
+    eigenvalues = np.linalg.eigvalsh(np.cov(tokens.T, bias=True))
+    assert eigenvalues[0] < 1e-6 * eigenvalues[-1]
+    ones = np.ones(4) / 2.0
+    assert ones @ np.cov(tokens.T, bias=True) @ ones < 1e-6
+    rank = _effective_rank(latents)
+    np.testing.assert_allclose(rank, _entropy_rank(eigenvalues[1:]),
+                               rtol=1e-3)
+    assert 2.0 < rank <= 3.0 + 1e-3

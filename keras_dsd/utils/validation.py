@@ -130,6 +130,16 @@ def check_latents(latents, latent_shape, name="latents"):
     return array.astype("float32")
 
 
+def check_not_empty(array, name):
+    """Checks that a batch holds at least one element; returns it."""
+    if len(array) == 0:
+        raise ValueError(
+            f"`{name}` is empty (shape {tuple(np.shape(array))}); expected at "
+            "least one element."
+        )
+    return array
+
+
 def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(
         value, (int, np.integer)

@@ -29,6 +29,7 @@ from keras import ops
 from keras_dsd import samplers
 from keras_dsd.backend import compile_inference_function
 from keras_dsd.backend import default_jit_compile
+from keras_dsd.backend import gather_replicas
 from keras_dsd.backend import replica_id
 from keras_dsd.backend import scale_loss_for_replicas
 from keras_dsd.metrics.latent_metrics import effective_rank
@@ -65,7 +66,12 @@ class DSDImageGenerator(keras.Model):
 
     After every optimizer step the teacher and the sampling EMA move towards
     the trained weights, `xi <- m_k * xi + (1 - m_k) * theta`, with the
-    warm-up `m_k = min(m, (1 + k) / (10 + k))` at optimizer step `k`.
+    warm-up `m_k = min(m, (1 + k) / (10 + k))` at EMA update `k`. The model
+    counts its EMA updates in its own weight `ema_step` (saved and loaded
+    with the other weights, so a resumed run continues the warm-up); it
+    grows only when the optimizer really updated the weights: once per
+    `gradient_accumulation_steps` batches, and not on a step that a
+    `LossScaleOptimizer` skipped for non-finite gradients.
     `objective="naive"` and `"decoupled"` are the paper's ablations (see
     `keras_dsd.models.dsd.objectives`).
 
@@ -73,7 +79,22 @@ class DSDImageGenerator(keras.Model):
     `{"images": images, "labels": labels}`: uint8 images of the backbone's
     size and int labels in `[0, num_classes)`. Every step logs `loss`,
     `reconstruction_loss`, `diffusion_loss`, `latent_std` and
-    `latent_effective_rank` (the collapse alarm).
+    `latent_effective_rank` (the collapse alarm). The two latent metrics are
+    computed on the latents of the whole global batch on every backend and
+    device count (replicas gather their latents first); the rank's maximum
+    is `c - 1`, since the latent LayerNorm removes each token's channel
+    mean (see `keras_dsd.metrics.effective_rank`). Like every Keras metric,
+    the logs are running means over the epoch's steps.
+
+    Which weights run: `call()` / `predict()` are the training-time
+    autoencoder pass and use the trained (online) network, `backbone`;
+    `generate`, `encode` and `decode` use `inference_backbone`, the
+    sampling EMA when there is one (`ema_decay` not `None`), else the
+    trained network.
+
+    Mixed precision: a `"mixed_float16"` backbone (or global policy) gets
+    loss scaling from `compile()`, which wraps the optimizer in a
+    `keras.optimizers.LossScaleOptimizer`.
 
     Args:
         backbone: `keras_dsd.models.DSDBackbone`. The network.
@@ -170,6 +191,15 @@ class DSDImageGenerator(keras.Model):
             else None
         )
         self.seed_generator = _ReplicaSeedGenerator(seed)
+        # EMA updates done so far (the warm-up's `k`): a weight of the model,
+        # so that `save`, `load_weights` and checkpoints carry it.
+        self.ema_step = keras.Variable(
+            0,
+            dtype="int32",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="ema_step",
+        )
 
         # === Metrics ===
         self.reconstruction_loss_tracker = keras.metrics.Mean(
@@ -225,6 +255,15 @@ class DSDImageGenerator(keras.Model):
             )
         if jit_compile == "auto":
             jit_compile = default_jit_compile()
+        optimizer = keras.optimizers.get(optimizer)
+        if (
+            self.backbone.dtype_policy.name == "mixed_float16"
+            and kwargs.get("auto_scale_loss", True)
+            and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        ):
+            # Keras wraps the optimizer only when the task's own policy is
+            # float16; a float16 backbone needs the loss scaling as much.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def get_compile_config(self):
@@ -267,7 +306,12 @@ class DSDImageGenerator(keras.Model):
 
     def call(self, inputs, training=False):
         """The autoencoder pass: uint8-scale images (or a dict with
-        `"images"`) -> `{"latents", "reconstructions"}` (float32)."""
+        `"images"`) -> `{"latents", "reconstructions"}` (float32).
+
+        This is the training graph, so it (and `predict()`) runs the trained
+        network `backbone`, not the sampling EMA; `encode` / `decode` run
+        the sampling EMA.
+        """
         images, _ = self._split_batch(inputs, None)
         latents = self.backbone.encode(self._preprocess(images))
         return {
@@ -288,6 +332,11 @@ class DSDImageGenerator(keras.Model):
     def _sample_noise(self, latents):
         """Diffusion noise `eps` of the latents' shape."""
         return keras.random.normal(ops.shape(latents), seed=self.seed_generator)
+
+    def _sample_label_dropout(self, batch_size):
+        """Which labels become the null class, `(B,)` bool."""
+        draws = keras.random.uniform((batch_size,), seed=self.seed_generator)
+        return draws < self.label_dropout
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -311,9 +360,7 @@ class DSDImageGenerator(keras.Model):
         noise = self._sample_noise(online)
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
         if training and self.label_dropout > 0:
-            drop = keras.random.uniform(
-                (batch_size,), seed=self.seed_generator
-            ) < self.label_dropout
+            drop = self._sample_label_dropout(batch_size)
             labels = ops.where(drop, self.backbone.null_class, labels)
         prediction = self.backbone.denoise(
             objectives.noisy_latents(online, noise, t), t, labels
@@ -329,7 +376,8 @@ class DSDImageGenerator(keras.Model):
         )
         loss = reconstruction_loss + self.diffusion_loss_weight * diffusion_loss
 
-        detached = ops.stop_gradient(online)
+        # The latent metrics see the global batch on every device count.
+        detached = gather_replicas(ops.stop_gradient(online))
         self.reconstruction_loss_tracker.update_state(reconstruction_loss)
         self.diffusion_loss_tracker.update_state(diffusion_loss)
         self.latent_std_tracker.update_state(latent_std(detached))
@@ -338,17 +386,38 @@ class DSDImageGenerator(keras.Model):
         return scale_loss_for_replicas(loss)
 
     def train_step(self, *args):
-        # The teacher and the sampling EMA move after the optimizer step.
-        # The math is shared; only how variables are read and written differs
-        # (JAX training is stateless, so it edits the returned state).
+        # The teacher and the sampling EMA move after the optimizer step, if
+        # it changed the weights. The math is shared; only how variables are
+        # read and written differs (JAX training is stateless, so it edits
+        # the returned state).
         if keras.backend.backend() == "jax":
             state, data = args
+            before = self._optimizer_updates(state[2])
             logs, state = super().train_step(state, data)
-            return logs, self._update_shadows_in_state(state)
+            return logs, self._update_shadows_in_state(state, before)
+        before = self._optimizer_updates()
         logs = super().train_step(*args)
-        for variable, value in self._shadow_updates(lambda v: v.value):
+        applied = ops.not_equal(self._optimizer_updates(), before)
+        for variable, value in self._shadow_updates(
+            lambda v: v.value, applied
+        ):
             variable.assign(value)
         return logs
+
+    def _optimizer_updates(self, optimizer_values=None):
+        """Updates the optimizer has applied to the weights, read from the
+        optimizer that applies them (the inner one of a
+        `LossScaleOptimizer`, whose skipped steps it does not count; with
+        gradient accumulation, one per accumulated group). With
+        `optimizer_values` (JAX), read from those values."""
+        optimizer = self.optimizer
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if optimizer_values is None:
+            # A copy: PyTorch's variables update in place.
+            return ops.copy(inner.iterations)
+        mapping = list(zip(optimizer.variables, optimizer_values))
+        with keras.StatelessScope(state_mapping=mapping):
+            return ops.convert_to_tensor(inner.iterations)
 
     def _shadows(self):
         """(shadow network, decay) pairs that follow the trained weights."""
@@ -359,19 +428,20 @@ class DSDImageGenerator(keras.Model):
             pairs.append((self.ema_backbone, self.ema_decay))
         return pairs
 
-    def _shadow_updates(self, read):
-        """New values of the shadow weights after an optimizer step.
+    def _shadow_updates(self, read, applied):
+        """New values of the shadow weights and of `ema_step`.
 
-        `read(variable)` returns a variable's current value. Returns a list
-        of `(shadow_variable, new_value)`.
+        `read(variable)` returns a variable's current value; `applied` is a
+        boolean tensor, true when the optimizer step just changed the
+        weights. Returns a list of `(variable, new_value)`.
         """
-        optimizer = self.optimizer
-        raw_iterations = ops.cast(read(optimizer._iterations), "float32")
-        accumulation = optimizer.gradient_accumulation_steps or 1
-        # `k`: optimizer updates done before the one that just happened.
-        k = ops.floor(raw_iterations / accumulation) - 1.0
-        applied = ops.equal(ops.mod(raw_iterations, accumulation), 0.0)
-        updates = []
+        step = read(self.ema_step)
+        # `k`: EMA updates done before this one.
+        k = ops.cast(step, "float32")
+        updates = [
+            (self.ema_step, ops.cast(step + ops.cast(applied, step.dtype),
+                                     self.ema_step.dtype))
+        ]
         for shadow, decay in self._shadows():
             decay_k = ops.convert_to_tensor(decay, "float32")
             if self.ema_warmup:
@@ -384,8 +454,11 @@ class DSDImageGenerator(keras.Model):
                 updates.append((target, ops.cast(value, target.dtype)))
         return updates
 
-    def _update_shadows_in_state(self, state):
+    def _update_shadows_in_state(self, state, before):
         trainable, non_trainable, optimizer_values, metrics = state
+        applied = ops.not_equal(
+            self._optimizer_updates(optimizer_values), before
+        )
         values = {}
         for variables, current in (
             (self.trainable_variables, trainable),
@@ -395,7 +468,9 @@ class DSDImageGenerator(keras.Model):
             values.update({id(v): val for v, val in zip(variables, current)})
         index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
         non_trainable = list(non_trainable)
-        for variable, value in self._shadow_updates(lambda v: values[id(v)]):
+        for variable, value in self._shadow_updates(
+            lambda v: values[id(v)], applied
+        ):
             non_trainable[index[id(variable)]] = value
         return trainable, non_trainable, optimizer_values, metrics
 
@@ -421,6 +496,12 @@ class DSDImageGenerator(keras.Model):
         if batch is None:
             return
         images, labels = batch
+        if batch is _EMPTY or (images is not None and len(images) == 0):
+            raise ValueError(
+                f"DSDImageGenerator.fit got empty training data: `x` (a "
+                f"{type(x).__name__}) holds no images; expected at least "
+                f"one batch of (images, labels)."
+            )
         validation.check_images(
             images, self.backbone.image_size, self.backbone.patch_size
         )
@@ -515,6 +596,7 @@ class DSDImageGenerator(keras.Model):
         """
         network = self.inference_backbone
         labels = validation.check_labels(class_labels, network.num_classes)
+        validation.check_not_empty(labels, "class_labels")
         num_steps = samplers.check_num_steps(num_steps)
         samplers.check_sampler(sampler)
         samplers.check_time_shift(time_shift)
@@ -547,6 +629,7 @@ class DSDImageGenerator(keras.Model):
         images = validation.check_images(
             images, network.image_size, network.patch_size
         )
+        validation.check_not_empty(images, "images")
         fn = self._inference_function(
             "encode", lambda x: network.encode(self._preprocess(x))
         )
@@ -556,6 +639,7 @@ class DSDImageGenerator(keras.Model):
         """Latents `(B, N, c)` -> uint8 images `(B, H, W, 3)`."""
         network = self.inference_backbone
         latents = validation.check_latents(latents, network.latent_shape)
+        validation.check_not_empty(latents, "latents")
         fn = self._inference_function("decode", network.decode)
         return _to_uint8(_batched(fn, (latents,), batch_size))
 
@@ -708,9 +792,14 @@ def _batched(fn, arrays, batch_size):
     return np.concatenate(outputs)
 
 
+# What `_first_batch` returns for a dataset without any batch.
+_EMPTY = (None, None)
+
+
 def _first_batch(x, y):
-    """The first `(images, labels)` of fit's input, or `None` if it cannot
-    be read without consuming it (a plain Python generator)."""
+    """The first `(images, labels)` of fit's input, `_EMPTY` if it has no
+    batch at all, or `None` if it cannot be read without consuming it (a
+    plain Python generator)."""
     if x is None:
         return None
     if isinstance(x, dict):
@@ -724,13 +813,19 @@ def _first_batch(x, y):
         if isinstance(x, tf.data.Dataset):
             for element in x.take(1):
                 break
+            if element is None:
+                return _EMPTY
             element = keras.tree.map_structure(lambda t: t.numpy(), element)
     except ImportError:
         pass
     if element is None and isinstance(x, keras.utils.PyDataset):
+        if x.num_batches == 0:
+            return _EMPTY
         element = x[0]
     if element is None and type(x).__name__ == "DataLoader":
-        element = next(iter(x))
+        element = next(iter(x), None)
+        if element is None:
+            return _EMPTY
     if element is None:
         return None
     if isinstance(element, dict):
