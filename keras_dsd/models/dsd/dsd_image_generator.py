@@ -32,11 +32,11 @@ from keras_dsd.backend import default_jit_compile
 from keras_dsd.backend import gather_replicas
 from keras_dsd.backend import replica_id
 from keras_dsd.backend import scale_loss_for_replicas
-from keras_dsd.metrics.latent_metrics import effective_rank
-from keras_dsd.metrics.latent_metrics import latent_std
 from keras_dsd.models import preset_utils
 from keras_dsd.models.dsd import objectives
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
+from keras_dsd.models.dsd.latent_metrics import effective_rank
+from keras_dsd.models.dsd.latent_metrics import latent_std
 from keras_dsd.utils import validation
 
 TEACHERS = ("ema", "online")

@@ -1,4 +1,9 @@
-"""Health metrics of a latent space, logged at every training step."""
+"""Health metrics of a latent space, logged at every training step.
+
+They live beside the model that logs them, so that imports run one way
+(the models do not depend on the evaluation metrics); `keras_dsd.metrics`
+re-exports them.
+"""
 
 from keras import ops
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from keras_dsd.metrics import latent_metrics
+from keras_dsd.models.dsd import latent_metrics
 from keras_dsd.utils import test_utils
 
 
