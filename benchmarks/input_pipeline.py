@@ -19,7 +19,7 @@ import numpy as np
 from machine import describe_machine  # benchmarks/machine.py
 
 import keras_dsd
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def photo_like(height, width, rng):

@@ -35,8 +35,8 @@ if BACKEND == "tensorflow":
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_dsd.testing import test_utils  # noqa: E402
 from keras_dsd.utils import distribution  # noqa: E402
-from keras_dsd.utils import test_utils  # noqa: E402
 
 GLOBAL_BATCH = 4
 STEPS = 2

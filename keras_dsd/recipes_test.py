@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_dsd import recipes
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def test_warmup_schedule_is_linear_then_constant():

@@ -68,3 +68,14 @@ def setup_data_parallel(devices, tpu, multi_host):
     """The fields of a `keras_dsd.utils.distribution.DataParallelContext`
     for this backend (see `setup_data_parallel` there)."""
     return _module().setup_data_parallel(devices, tpu, multi_host)
+
+
+def value_and_grad(fn, variables, tensor):
+    """The backend half of `keras_dsd.testing.test_utils.value_and_grad`."""
+    return _module().value_and_grad(fn, variables, tensor)
+
+
+def eager_loops():
+    """A context that runs `keras.ops.fori_loop` bodies in Python, once
+    per iteration (for tests that count calls)."""
+    return _module().eager_loops()

@@ -90,3 +90,23 @@ def setup_data_parallel(devices, tpu, multi_host):
 def gather_replicas(x):
     # One jitted program already sees the global batch.
     return x
+
+
+def value_and_grad(fn, variables, tensor):
+    """For `keras_dsd.testing.test_utils.value_and_grad`: `fn(tensor)` or
+    `fn()` reading `variables`, and its gradients (a list)."""
+    if variables is None:
+        value, grad = jax.value_and_grad(fn)(tensor)
+        return value, [grad]
+
+    def pure(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn()
+
+    value, grads = jax.value_and_grad(pure)([v.value for v in variables])
+    return value, list(grads)
+
+
+def eager_loops():
+    """Runs `keras.ops.fori_loop` bodies once per iteration in Python."""
+    return jax.disable_jit()

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import keras
@@ -84,3 +85,21 @@ def gather_replicas(x):
     gathered = context.all_gather(x, axis=0)
     # `all_gather` loses the static shape of the other axes.
     return tf.reshape(gathered, [-1, *x.shape[1:]])
+
+
+def value_and_grad(fn, variables, tensor):
+    """For `keras_dsd.testing.test_utils.value_and_grad`: `fn(tensor)` or
+    `fn()` reading `variables`, and its gradients (a list)."""
+    with tf.GradientTape() as tape:
+        if variables is None:
+            tape.watch(tensor)
+            value = fn(tensor)
+        else:
+            value = fn()
+    sources = [tensor] if variables is None else [v.value for v in variables]
+    return value, list(tape.gradient(value, sources))
+
+
+def eager_loops():
+    """Eager `tf.while_loop` already runs its body once per iteration."""
+    return contextlib.nullcontext()

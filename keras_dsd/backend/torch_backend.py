@@ -1,3 +1,4 @@
+import contextlib
 import os
 import time
 
@@ -206,3 +207,26 @@ def gather_replicas(x):
     pieces = [torch.empty_like(x) for _ in range(group[1])]
     dist.all_gather(pieces, x)
     return torch.cat(pieces, dim=0)
+
+
+def value_and_grad(fn, variables, tensor):
+    """For `keras_dsd.testing.test_utils.value_and_grad`: `fn(tensor)` or
+    `fn()` reading `variables`, and its gradients (a list; `None` where
+    nothing reached an input)."""
+    if variables is None:
+        tensor = tensor.detach().clone().requires_grad_(True)
+        sources = [tensor]
+        value = fn(tensor)
+    else:
+        sources = [v.value for v in variables]
+        value = fn()
+    if not value.requires_grad:
+        # Nothing reached the inputs (e.g. only through a stop-gradient).
+        return value, [None] * len(sources)
+    grads = torch.autograd.grad(value, sources, allow_unused=True)
+    return value, list(grads)
+
+
+def eager_loops():
+    """PyTorch runs `fori_loop` bodies once per iteration already."""
+    return contextlib.nullcontext()

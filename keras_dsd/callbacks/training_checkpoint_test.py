@@ -7,7 +7,7 @@ import pytest
 
 from keras_dsd.callbacks import TrainingCheckpoint
 from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 # 4 epochs of 2 steps: the straight run, and a run that crashes after
 # epoch 2 and is restarted. Eager steps keep the file fast on every backend.

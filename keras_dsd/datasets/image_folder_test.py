@@ -11,7 +11,7 @@ tf = pytest.importorskip("tensorflow")
 from keras_dsd.datasets import image_folder  # noqa: E402
 from keras_dsd.datasets.image_folder import ImageFolder  # noqa: E402
 from keras_dsd.datasets.image_folder import adm_center_crop  # noqa: E402
-from keras_dsd.utils import test_utils  # noqa: E402
+from keras_dsd.testing import test_utils  # noqa: E402
 
 
 def natural_image(height, width, seed):

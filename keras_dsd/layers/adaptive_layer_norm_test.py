@@ -2,7 +2,7 @@ import numpy as np
 
 from keras_dsd.layers.adaptive_layer_norm import AdaptiveLayerNorm
 from keras_dsd.layers.adaptive_layer_norm import FinalLayer
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def _inputs(batch=2, tokens=4, dim=16, seed=0):

@@ -3,7 +3,7 @@ import pytest
 
 from keras_dsd.layers.class_embedding import ClassEmbedding
 from keras_dsd.layers.class_embedding import RoleEmbedding
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def _class_embedding():

@@ -5,7 +5,7 @@ import pytest
 from keras_dsd.layers.patch_embedding import PatchEmbedding
 from keras_dsd.layers.patch_embedding import patchify
 from keras_dsd.layers.patch_embedding import unpatchify
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def _images(batch=2, size=8, channels=3, seed=0):

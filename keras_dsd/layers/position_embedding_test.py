@@ -4,7 +4,7 @@ import pytest
 
 from keras_dsd.layers.position_embedding import SinCosPositionEmbedding2D
 from keras_dsd.layers.position_embedding import sincos_position_embedding_2d
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def _table(grid_size=4, dim=16):

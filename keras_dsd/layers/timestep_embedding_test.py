@@ -5,7 +5,7 @@ import numpy as np
 
 from keras_dsd.layers.timestep_embedding import TimestepEmbedding
 from keras_dsd.layers.timestep_embedding import sinusoidal_embedding
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def test_sinusoidal_embedding_matches_dit_frequencies():

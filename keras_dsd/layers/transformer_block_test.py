@@ -3,7 +3,7 @@ import pytest
 
 from keras_dsd.layers.transformer_block import DSDTransformerBlock
 from keras_dsd.layers.transformer_block import SelfAttention
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def _inputs(batch=2, tokens=4, dim=16, seed=0):

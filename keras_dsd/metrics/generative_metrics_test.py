@@ -5,7 +5,7 @@ import pytest
 
 from keras_dsd.metrics import frechet
 from keras_dsd.metrics import generative_metrics
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 class _FakeExtractor:

@@ -20,7 +20,7 @@ from keras import ops
 
 from keras_dsd import samplers
 from keras_dsd.models.dsd import objectives
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 MU = 1.5
 S = 0.5

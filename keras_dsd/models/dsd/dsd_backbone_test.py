@@ -9,8 +9,8 @@ from keras_hub.src.tests.test_case import TestCase
 
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.dsd_presets import backbone_presets as presets
-from keras_dsd.utils import test_utils
-from keras_dsd.utils.test_utils import TINY_CONFIG
+from keras_dsd.testing import test_utils
+from keras_dsd.testing.test_utils import TINY_CONFIG
 
 
 def _inputs(batch=2, seed=0):

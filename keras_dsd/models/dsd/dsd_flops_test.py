@@ -6,7 +6,7 @@ from keras_dsd.models.dsd import dsd_flops
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
 from keras_dsd.models.dsd.dsd_presets import backbone_presets as presets
-from keras_dsd.utils.test_utils import TINY_CONFIG
+from keras_dsd.testing.test_utils import TINY_CONFIG
 
 # A config big enough for the matmuls to dominate XLA's count, small enough
 # to compile in seconds.

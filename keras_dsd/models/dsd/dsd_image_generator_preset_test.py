@@ -15,7 +15,7 @@ from keras_hub.src.utils import preset_utils as hub_preset_utils
 
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 BACKEND = keras.backend.backend()
 

@@ -8,7 +8,7 @@ import pytest
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
 from keras_dsd.models.dsd.dsd_presets import backbone_presets as presets
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 LOG_KEYS = {
     "loss",

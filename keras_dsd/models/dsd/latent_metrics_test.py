@@ -1,7 +1,7 @@
 import numpy as np
 
 from keras_dsd.models.dsd import latent_metrics
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 
 def _effective_rank(x):

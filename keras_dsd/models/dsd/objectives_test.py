@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_dsd.models.dsd import objectives
-from keras_dsd.utils import test_utils
+from keras_dsd.testing import test_utils
 
 SHAPE = (4, 3, 2)  # (batch, tokens, channels)
 

@@ -18,10 +18,11 @@
   compared with training on the whole batch.
 """
 
-import contextlib
 
 import keras
 import numpy as np
+
+from keras_dsd import backend
 
 TINY_CONFIG = {
     "image_size": 8,
@@ -120,7 +121,7 @@ def assert_layer_config_round_trip(layer, *inputs, atol=1e-6, **call_kwargs):
     return restored
 
 
-# === Gradients (the only backend-specific code of the tests) ===
+# === Gradients (backend-specific parts in keras_dsd.backend) ===
 
 
 def value_and_grad(fn, variables_or_tensor):
@@ -147,24 +148,10 @@ def value_and_grad(fn, variables_or_tensor):
         tensor = keras.ops.convert_to_tensor(variables_or_tensor, "float32")
         shapes = [tuple(tensor.shape)]
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        value, grads = _jax_value_and_grad(
-            fn, variables if is_variables else None,
-            None if is_variables else tensor,
-        )
-    elif backend == "tensorflow":
-        value, grads = _tf_value_and_grad(
-            fn, variables if is_variables else None,
-            None if is_variables else tensor,
-        )
-    elif backend == "torch":
-        value, grads = _torch_value_and_grad(
-            fn, variables if is_variables else None,
-            None if is_variables else tensor,
-        )
-    else:
-        raise ValueError(f"Unsupported backend {backend!r}.")
+    value, grads = backend.value_and_grad(
+        fn, variables if is_variables else None,
+        None if is_variables else tensor,
+    )
     grads = [
         np.zeros(shape, "float32") if g is None else to_numpy(g)
         for g, shape in zip(grads, shapes)
@@ -172,65 +159,11 @@ def value_and_grad(fn, variables_or_tensor):
     return float(to_numpy(value)), grads if is_variables else grads[0]
 
 
-def _jax_value_and_grad(fn, variables, tensor):
-    import jax
-
-    if variables is None:
-        value, grad = jax.value_and_grad(fn)(tensor)
-        return value, [grad]
-
-    def pure(values):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return fn()
-
-    value, grads = jax.value_and_grad(pure)([v.value for v in variables])
-    return value, list(grads)
-
-
-def _tf_value_and_grad(fn, variables, tensor):
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        if variables is None:
-            tape.watch(tensor)
-            value = fn(tensor)
-        else:
-            value = fn()
-    sources = [tensor] if variables is None else [v.value for v in variables]
-    return value, list(tape.gradient(value, sources))
-
-
-def _torch_value_and_grad(fn, variables, tensor):
-    import torch
-
-    if variables is None:
-        tensor = tensor.detach().clone().requires_grad_(True)
-        sources = [tensor]
-        value = fn(tensor)
-    else:
-        sources = [v.value for v in variables]
-        value = fn()
-    if not value.requires_grad:
-        # Nothing reached the inputs (e.g. only through a stop-gradient).
-        return value, [None] * len(sources)
-    grads = torch.autograd.grad(value, sources, allow_unused=True)
-    return value, list(grads)
-
-
-@contextlib.contextmanager
 def eager_loops():
-    """Runs `keras.ops.fori_loop` bodies once per iteration in Python.
-
-    TensorFlow (eager `tf.while_loop`) and PyTorch already do; JAX traces the
-    body once unless jit is disabled.
-    """
-    if keras.backend.backend() == "jax":
-        import jax
-
-        with jax.disable_jit():
-            yield
-    else:
-        yield
+    """A context in which `keras.ops.fori_loop` bodies run once per
+    iteration in Python (TensorFlow's eager `tf.while_loop` and PyTorch
+    already do; JAX traces the body once unless jit is disabled)."""
+    return backend.eager_loops()
 
 
 def deterministic_generator(backbone, **kwargs):
