@@ -16,6 +16,12 @@
 - `gather_replicas(x)`: the global batch of a per-replica tensor (TF
   `MirroredStrategy` replicas, PyTorch processes), so that logged metrics
   do not depend on the device count.
+- `setup_data_parallel(...)`: each backend's data-parallel set-up, for
+  `keras_dsd.utils.distribution`.
+- `value_and_grad(...)` and `eager_loops()`: the backend halves of the
+  test helpers in `keras_dsd.testing`.
+- `keras_dsd.backend.data.first_batch(x, y)`: peeks at the first batch of
+  `fit`'s input (numpy, `tf.data`, `PyDataset`, torch `DataLoader`).
 - `keras_dsd.backend.torch_backend` also holds the PyTorch multi-process
   helpers (gradient all-reduce, weight broadcast) that `torchrun` training
   needs, since Keras' `fit` has no DistributedDataParallel of its own.

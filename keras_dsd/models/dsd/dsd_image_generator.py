@@ -32,6 +32,8 @@ from keras_dsd.backend import default_jit_compile
 from keras_dsd.backend import gather_replicas
 from keras_dsd.backend import replica_id
 from keras_dsd.backend import scale_loss_for_replicas
+from keras_dsd.backend.data import EMPTY
+from keras_dsd.backend.data import first_batch
 from keras_dsd.models import preset_utils
 from keras_dsd.models.dsd import objectives
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
@@ -492,11 +494,11 @@ class DSDImageGenerator(keras.Model):
         return super().fit(x=x, y=y, **kwargs)
 
     def _check_training_data(self, x, y):
-        batch = _first_batch(x, y)
+        batch = first_batch(x, y)
         if batch is None:
             return
         images, labels = batch
-        if batch is _EMPTY or (images is not None and len(images) == 0):
+        if batch is EMPTY or (images is not None and len(images) == 0):
             raise ValueError(
                 f"DSDImageGenerator.fit got empty training data: `x` (a "
                 f"{type(x).__name__}) holds no images; expected at least "
@@ -790,46 +792,3 @@ def _batched(fn, arrays, batch_size):
             for i in range(len(outputs[0]))
         )
     return np.concatenate(outputs)
-
-
-# What `_first_batch` returns for a dataset without any batch.
-_EMPTY = (None, None)
-
-
-def _first_batch(x, y):
-    """The first `(images, labels)` of fit's input, `_EMPTY` if it has no
-    batch at all, or `None` if it cannot be read without consuming it (a
-    plain Python generator)."""
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return x.get("images"), x.get("labels", y)
-    if isinstance(x, np.ndarray) or (y is not None and hasattr(x, "shape")):
-        return x, y
-    element = None
-    try:
-        import tensorflow as tf
-
-        if isinstance(x, tf.data.Dataset):
-            for element in x.take(1):
-                break
-            if element is None:
-                return _EMPTY
-            element = keras.tree.map_structure(lambda t: t.numpy(), element)
-    except ImportError:
-        pass
-    if element is None and isinstance(x, keras.utils.PyDataset):
-        if x.num_batches == 0:
-            return _EMPTY
-        element = x[0]
-    if element is None and type(x).__name__ == "DataLoader":
-        element = next(iter(x), None)
-        if element is None:
-            return _EMPTY
-    if element is None:
-        return None
-    if isinstance(element, dict):
-        return element.get("images"), element.get("labels")
-    if isinstance(element, (tuple, list)) and len(element) >= 2:
-        return element[0], element[1]
-    return element, None
