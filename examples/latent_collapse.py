@@ -57,6 +57,8 @@ import keras_dsd
 from keras_dsd.models.dsd.objectives import OBJECTIVES
 
 MODES = tuple(OBJECTIVES)
+# Every training default below comes from this recipe of the library.
+RECIPE = keras_dsd.recipes.get("digits_collapse_study")
 CURVE_KEYS = (
     "latent_effective_rank",
     "latent_std",
@@ -94,14 +96,19 @@ def parse_args(argv=None):
                              "replaces --minutes-per-mode.")
     parser.add_argument("--preset", default="dsd_tiny",
                         help="Backbone preset (32x32 images, 10 classes).")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2e-3,
+    parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
+    parser.add_argument("--learning-rate", type=float,
+                        default=RECIPE.learning_rate,
                         help="Peak AdamW learning rate (clipnorm 1).")
-    parser.add_argument("--warmup-steps", type=int, default=100,
+    parser.add_argument("--warmup-steps", type=int,
+                        default=RECIPE.warmup_steps,
                         help="Linear learning-rate warm-up.")
-    parser.add_argument("--teacher-decay", type=float, default=0.999)
-    parser.add_argument("--ema-decay", type=float, default=0.9999)
-    parser.add_argument("--t-min", type=float, default=0.05)
+    parser.add_argument("--teacher-decay", type=float,
+                        default=RECIPE.generator["teacher_decay"])
+    parser.add_argument("--ema-decay", type=float,
+                        default=RECIPE.generator["ema_decay"])
+    parser.add_argument("--t-min", type=float,
+                        default=RECIPE.generator["t_min"])
     parser.add_argument("--heldout-per-class", type=int, default=100,
                         help="Held-out digits per class (of 500).")
     parser.add_argument("--samples-per-class", type=int, default=50,
@@ -204,36 +211,31 @@ def balanced_subset(labels, per_class):
 
 
 def build_model(args, objective, overrides):
-    """`dsd_tiny` with examples/train_digits.py's default recipe."""
+    """`dsd_tiny` with the `digits_collapse_study` recipe and this run's
+    flags."""
     backbone = keras_dsd.models.DSDBackbone.from_preset(
         args.preset, **overrides
     )
-    model = keras_dsd.models.DSDImageGenerator(
-        backbone=backbone,
-        objective=objective,
-        t_min=args.t_min,
-        teacher_decay=args.teacher_decay,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-    )
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=1,
-        alpha=1.0,  # constant after the warm-up
-        warmup_target=args.learning_rate,
+    recipe = RECIPE.replace(
+        generator={
+            "t_min": args.t_min,
+            "teacher_decay": args.teacher_decay,
+            "ema_decay": args.ema_decay,
+        },
+        learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size,
     )
     compile_options = {}
     if args.smoke and keras.backend.backend() == "tensorflow":
         # Tracing the train step takes longer than 3 eager steps.
         compile_options = {"jit_compile": False, "run_eagerly": True}
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=0.0, clipnorm=1.0
-        ),
-        **compile_options,
+    return recipe.build_model(
+        backbone,
+        compile_options=compile_options,
+        objective=objective,
+        seed=args.seed,
     )
-    return model
 
 
 class CurveRecorder(keras.callbacks.Callback):

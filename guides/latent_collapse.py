@@ -83,6 +83,9 @@ OUTPUT_DIR = os.path.join(
 )
 os.makedirs(OUTPUT_DIR, exist_ok=True)
 MODES = tuple(objectives.OBJECTIVES)
+# The digits recipe's optimiser (AdamW 2e-3 after 100 warm-up steps,
+# clipnorm 1) with the library's default objective settings.
+RECIPE = keras_dsd.recipes.get("digits_collapse_study")
 guide_start = time.time()
 print(f"Keras {keras.__version__} on {keras.backend.backend()}, keras_dsd "
       f"{keras_dsd.__version__}; fast mode: {FAST}; outputs in {OUTPUT_DIR}")
@@ -268,9 +271,11 @@ print(f"{len(train_images)} training digits, {len(heldout_images)} held out")
 
 Each objective trains a fresh `dsd_tiny` network (1.4 million parameters,
 `c = 8` latent channels) from the same seed, on the same digits in the same
-order, for the same number of steps, with the recipe of
-`examples/latent_collapse.py`: AdamW with a peak learning rate of 2e-3
-after 100 warm-up steps, gradient clipping, batch 32. A small callback
+order, for the same number of steps, with the library's
+`digits_collapse_study` recipe (`keras_dsd.recipes`, shared with
+`examples/latent_collapse.py`): AdamW with a peak learning rate of 2e-3
+after 100 warm-up steps, gradient clipping, batch 32, and the
+`DSDImageGenerator` defaults for everything else. A small callback
 records the per-step `latent_std` and `latent_effective_rank` (Keras logs
 running means over the epoch; the callback turns them back into per-step
 values), and `keras_dsd.callbacks.LatentCollapseMonitor`, which reads the
@@ -314,23 +319,15 @@ def train(objective):
     backbone = keras_dsd.models.DSDBackbone.from_preset(
         "dsd_tiny", **OVERRIDES
     )
-    model = keras_dsd.models.DSDImageGenerator(
-        backbone=backbone, objective=objective, seed=0
-    )
     compile_options = {}
     if FAST and keras.backend.backend() == "tensorflow":
         # A handful of steps run faster eagerly than XLA compiles them.
         compile_options = {"run_eagerly": True, "jit_compile": False}
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate=keras.optimizers.schedules.CosineDecay(
-                0.0, decay_steps=1, alpha=1.0, warmup_target=2e-3,
-                warmup_steps=100,
-            ),
-            weight_decay=0.0,
-            clipnorm=1.0,
-        ),
-        **compile_options,
+    model = RECIPE.build_model(
+        backbone,
+        compile_options=compile_options,
+        objective=objective,
+        seed=0,
     )
     curves = LatentCurves()
     monitor = keras_dsd.callbacks.LatentCollapseMonitor(patience=50)

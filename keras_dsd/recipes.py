@@ -21,9 +21,13 @@ images = model.generate([0, 1, 2], **recipe.sampling)
 """
 
 import dataclasses
+import inspect
 from typing import Optional
 
 import keras
+
+from keras_dsd.models import DSDBackbone
+from keras_dsd.models import DSDImageGenerator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +80,13 @@ class Recipe:
             gradient_accumulation_steps=gradient_accumulation_steps,
         )
 
-    def build_model(self, backbone=None, gradient_accumulation_steps=None,
-                    compile_options=None, **generator_overrides):
+    def build_model(
+        self,
+        backbone=None,
+        gradient_accumulation_steps=None,
+        compile_options=None,
+        **generator_overrides,
+    ):
         """A `DSDImageGenerator` with this recipe, compiled.
 
         Args:
@@ -90,9 +99,6 @@ class Recipe:
             **generator_overrides: `DSDImageGenerator` arguments that
                 replace the recipe's, e.g. `objective="naive"`, `seed=1`.
         """
-        from keras_dsd.models import DSDBackbone
-        from keras_dsd.models import DSDImageGenerator
-
         if backbone is None:
             backbone = DSDBackbone.from_preset(self.preset)
         model = DSDImageGenerator(
@@ -122,39 +128,68 @@ def warmup_schedule(learning_rate, warmup_steps):
     )
 
 
+def generator_defaults(*names):
+    """The `DSDImageGenerator` defaults of the arguments `names`."""
+    parameters = inspect.signature(DSDImageGenerator.__init__).parameters
+    return {name: parameters[name].default for name in names}
+
+
+_DIGITS = Recipe(
+    name="digits",
+    description=(
+        "dsd_tiny on the embedded 32x32 MNIST digits, for a few "
+        "CPU minutes (examples/train_digits.py). Measured on the "
+        "digits: t_min 0.25 and logit-normal times of mean -0.5 "
+        "train a far better class-conditional denoiser in a few "
+        "thousand steps than t_min 0.05 (docs/demo.md); label "
+        "dropout 0.1 enables classifier-free guidance; a high "
+        "learning rate with warm-up and clipping suits the small "
+        "network."
+    ),
+    preset="dsd_tiny",
+    generator={
+        "objective": "dsd",
+        "teacher_decay": 0.999,
+        "ema_decay": 0.9999,
+        "t_min": 0.25,
+        "time_distribution": "logit_normal",
+        "time_mean": -0.5,
+        "time_std": 1.0,
+        "label_dropout": 0.1,
+    },
+    learning_rate=2e-3,
+    warmup_steps=100,
+    weight_decay=0.0,
+    clipnorm=1.0,
+    batch_size=32,
+    sampling={"sampler": "heun", "num_steps": 16},
+)
+# The collapse study compares the objectives as the library defines them
+# (its default times, t_min and no label dropout), with the digits recipe's
+# optimiser and batch: the demo's sample-quality settings are not part of
+# the comparison.
+_DIGITS_COLLAPSE_STUDY = _DIGITS.replace(
+    name="digits_collapse_study",
+    description=(
+        "The latent-collapse study on the digits (examples/"
+        "latent_collapse.py, guides/latent_collapse.py): the digits "
+        "recipe's optimiser and batch, with DSDImageGenerator's default "
+        "training times, t_min and no label dropout."
+    ),
+    generator=generator_defaults(
+        "t_min",
+        "time_distribution",
+        "time_mean",
+        "time_std",
+        "label_dropout",
+    ),
+)
+
 RECIPES = {
     recipe.name: recipe
     for recipe in (
-        Recipe(
-            name="digits",
-            description=(
-                "dsd_tiny on the embedded 32x32 MNIST digits, for a few "
-                "CPU minutes (examples/train_digits.py). Measured on the "
-                "digits: t_min 0.25 and logit-normal times of mean -0.5 "
-                "train a far better class-conditional denoiser in a few "
-                "thousand steps than t_min 0.05 (docs/results); label "
-                "dropout 0.1 enables classifier-free guidance; a high "
-                "learning rate with warm-up and clipping suits the small "
-                "network."
-            ),
-            preset="dsd_tiny",
-            generator={
-                "objective": "dsd",
-                "teacher_decay": 0.999,
-                "ema_decay": 0.9999,
-                "t_min": 0.25,
-                "time_distribution": "logit_normal",
-                "time_mean": -0.5,
-                "time_std": 1.0,
-                "label_dropout": 0.1,
-            },
-            learning_rate=2e-3,
-            warmup_steps=100,
-            weight_decay=0.0,
-            clipnorm=1.0,
-            batch_size=32,
-            sampling={"sampler": "heun", "num_steps": 16},
-        ),
+        _DIGITS,
+        _DIGITS_COLLAPSE_STUDY,
         Recipe(
             name="imagenet",
             description=(
@@ -192,7 +227,6 @@ def get(name):
     """Returns the `Recipe` called `name`, or raises a clear `ValueError`."""
     if name not in RECIPES:
         raise ValueError(
-            f"Unknown recipe: name={name!r}. Expected one of "
-            f"{sorted(RECIPES)}."
+            f"Unknown recipe: name={name!r}. Expected one of {sorted(RECIPES)}."
         )
     return RECIPES[name]
