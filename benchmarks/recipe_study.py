@@ -9,8 +9,9 @@ run with the library's own tools:
   the training split, cached in the results folder) assigns to the class
   they were generated for;
 - `frechet_distance`: Fréchet distance of that classifier's 64-d features,
-  samples vs the 1,000 held-out digits, beside the real-vs-real floor (1,000
-  training digits vs the same held-out digits);
+  samples vs the 1,000 held-out digits, beside the real-vs-real floor (as
+  many training digits as samples, class-balanced, vs the same held-out
+  digits);
 - `precision` / `recall`: improved precision and recall on the same
   features (fidelity / diversity);
 - `reconstruction_psnr_db` on the held-out digits; `latent_effective_rank`
@@ -212,7 +213,8 @@ def append_record(path, record):
 class Scorer:
     """The fixed split and the digit classifier that scores every run."""
 
-    def __init__(self, results_dir, classifier_epochs=3, num_real=None):
+    def __init__(self, results_dir, samples_per_class, classifier_epochs=3,
+                 num_real=None):
         images, labels = keras_dsd.datasets.load_mnist_digits(image_size=32)
         held_out = np.arange(len(images)) % 5 == 0
         self.train_images = images[~held_out]
@@ -232,8 +234,16 @@ class Scorer:
         self.test_statistics = keras_dsd.metrics.feature_statistics(
             features, on_singular="ignore"
         )
+        # The floor: as many real training digits as a run generates (the
+        # first `samples_per_class` of each class; the Fréchet distance is
+        # biased upwards at small sample counts), against the same
+        # held-out digits.
+        floor_images = np.concatenate([
+            self.train_images[self.train_labels == c][:samples_per_class]
+            for c in range(10)
+        ])
         floor_features, _ = keras_dsd.metrics.classify_digits(
-            self.extractor, self.train_images[: len(self.test_images)]
+            self.extractor, floor_images
         )
         self.info = {
             "classifier_epochs": classifier_epochs,
@@ -243,6 +253,7 @@ class Scorer:
             "num_train": len(self.train_images),
             "num_held_out": len(self.test_images),
             "frechet_floor": self._frechet(floor_features),
+            "frechet_floor_samples": len(floor_images),
         }
 
     def _classifier(self, results_dir, epochs):
@@ -499,18 +510,21 @@ def train(args):
         else {"minutes": args.minutes}
     )
     plan = []
-    for name in args.names:  # all seeds of a configuration, then the next
-        for seed in args.seeds:
-            config = resolve_config(args.configs[name])
-            key = run_key(config, seed, budget)
-            if key not in done:
-                plan.append((name, config, seed, key))
+    if args.order == "configs":  # all seeds of a configuration first
+        pairs = [(name, seed) for name in args.names for seed in args.seeds]
+    else:  # one seed of every configuration, then the next seed
+        pairs = [(name, seed) for seed in args.seeds for name in args.names]
+    for name, seed in pairs:
+        config = resolve_config(args.configs[name])
+        key = run_key(config, seed, budget)
+        if key not in done:
+            plan.append((name, config, seed, key))
     print(f"{len(plan)} run(s) to do, {len(done)} already in {path}",
           flush=True)
     if not plan:
         return 0
-    scorer = Scorer(args.results_dir, args.classifier_epochs,
-                    num_real=args.subsample)
+    scorer = Scorer(args.results_dir, args.samples_per_class,
+                    args.classifier_epochs, num_real=args.subsample)
     print(f"scoring: {json.dumps(scorer.info)}", flush=True)
     for name, config, seed, key in plan:
         if args.stop_at and time.time() >= args.stop_at:
@@ -546,7 +560,8 @@ def resample(args):
         if not todo:
             continue
         if scorer is None:
-            scorer = Scorer(args.results_dir, args.classifier_epochs,
+            scorer = Scorer(args.results_dir, args.samples_per_class,
+                            args.classifier_epochs,
                             num_real=args.subsample)
         model = keras_dsd.models.DSDImageGenerator.from_preset(
             os.path.join(args.results_dir, run["preset"])
@@ -748,6 +763,11 @@ def parse_args(argv=None):
                         help="Comma-separated configurations, of: "
                              + ", ".join(CONFIGS))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--order", choices=["configs", "seeds"],
+                        default="configs",
+                        help="train: all seeds of one configuration before "
+                             "the next ('configs'), or one seed of every "
+                             "configuration before the next seed.")
     parser.add_argument("--steps", type=int, default=300,
                         help="Budget: optimizer steps per run.")
     parser.add_argument("--minutes", type=float, default=None,
