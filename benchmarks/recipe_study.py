@@ -584,6 +584,7 @@ def resample(args):
                 "time_shift": evaluation[2],
                 "guidance_scale": evaluation[3],
                 "samples_per_class": args.samples_per_class,
+                "scoring": scorer.info,
                 "scores": scores[name],
                 "status": "ok",
             }
@@ -737,6 +738,48 @@ def plot(rows, records, prefix):
     figure.tight_layout()
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     figure.savefig(prefix + "_screen.png", dpi=90)
+    plt.close(figure)
+    plot_guidance(records, prefix, plt)
+
+
+def guidance_curves(records):
+    """{config: {scale: [(accuracy, recall, fd / floor) per seed]}} for
+    Heun-16 evaluations; scale 0 stands for unguided."""
+    curves = {}
+    for record in records:
+        if record["kind"] != "train" or record["status"] != "ok":
+            continue
+        floor = record["scoring"]["frechet_floor"]
+        for name, scores in record["evaluations"].items():
+            if not name.startswith("heun16_shift1_"):
+                continue
+            guidance = name.rsplit("_", 1)[1]
+            scale = 0.0 if guidance == "unguided" else float(guidance[3:])
+            curves.setdefault(record["name"], {}).setdefault(
+                scale, []
+            ).append((scores["class_accuracy"], scores["recall"],
+                      scores["frechet_distance"] / floor))
+    return {name: c for name, c in curves.items() if len(c) > 1}
+
+
+def plot_guidance(records, prefix, plt):
+    curves = guidance_curves(records)
+    if not curves:
+        return
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    titles = ("class accuracy", "recall", "FD / floor")
+    for name, by_scale in curves.items():
+        scales = sorted(by_scale)
+        means = np.array([np.mean(by_scale[s], axis=0) for s in scales])
+        for i, axis in enumerate(axes):
+            axis.plot(scales, means[:, i], marker="o", label=name)
+    for axis, title in zip(axes, titles):
+        axis.set_xlabel("guidance scale (0: unguided)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(prefix + "_guidance.png", dpi=90)
     plt.close(figure)
 
 

@@ -95,6 +95,8 @@ def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
     assert run["config"]["learning_rate"] is None  # compile()'s optimizer
     assert run["scoring"]["num_train"] == 100  # every 40th of 4,000
     assert run["scoring"]["num_held_out"] == 25  # every 40th of 1,000
+    # The real-vs-real floor uses as many real digits as samples (2 x 10).
+    assert run["scoring"]["frechet_floor_samples"] == 20
     scores = run["evaluations"]["heun16_shift1_unguided"]
     assert scores["nfe"] == 31  # Heun, 16 steps
     # 20 samples: the accuracy is a multiple of 1/20.
