@@ -113,7 +113,10 @@ CONFIGS = {
         "learning_rate": 1e-3, "warmup_steps": 100, "clipnorm": 1.0,
     },
     "teacher_decay_0.99": {"teacher_decay": 0.99},
+    "ema_decay_0.999": {"ema_decay": 0.999},
     "batch_64": {"batch_size": 64},
+    "patch_4": {"backbone_overrides": {"patch_size": 4}},
+    "latent_channels_16": {"backbone_overrides": {"latent_channels": 16}},
     # The demo's settings changed one at a time (the README's sweep, done
     # before this study by benchmarks/digits_sweep.py, one seed each).
     "digits_demo+uniform": {
