@@ -676,8 +676,12 @@ def report(args):
             cells.append(_mean_spread(values) if values else "-")
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
-    sampling = [r for r in records if r["kind"] == "sampling"]
-    if sampling:
+    several = [
+        r for r in records
+        if r["kind"] == "sampling"
+        or (r["status"] == "ok" and len(r["evaluations"]) > 1)
+    ]
+    if several:  # guidance scales or resampled sampler settings
         print()
         print(sampling_table(records))
     if args.plots:
