@@ -1,0 +1,146 @@
+"""Bookkeeping of benchmarks/recipe_study.py: schema, resume, failures."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+STUDY = os.path.join(
+    os.path.dirname(__file__), "..", "benchmarks", "recipe_study.py"
+)
+
+# A network far smaller than dsd_tiny: the test checks the bookkeeping.
+SMALL = {"backbone_overrides": {"hidden_dim": 16, "num_layers": 1,
+                                "num_heads": 2}}
+CONFIGS = {
+    "small": SMALL,
+    # A learning rate this large sends the weights to ~1e30 after one
+    # step, so the loss of the next step is not finite.
+    "diverges": {**SMALL, "learning_rate": 1e30, "warmup_steps": 0},
+}
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("recipe_study", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def study_args(results_dir, only, seeds):
+    return [
+        "train", "--results-dir", str(results_dir), "--only", only,
+        "--seeds", seeds, "--steps", "3", "--samples-per-class", "2",
+        "--classifier-epochs", "1", "--subsample", "40",
+        "--guidance-scales", "", "--config-json", json.dumps(CONFIGS),
+    ]
+
+
+def read_lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_refuses_a_results_file_of_another_schema(tmp_path):
+    study = load_study()
+    path = tmp_path / study.RESULTS_FILE
+    content = json.dumps({"schema": "keras_dsd.recipe_study/0"}) + "\n"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="schema 'keras_dsd.recipe_study/0'"):
+        study.main(study_args(tmp_path, "small", "0"))
+    assert path.read_text() == content  # nothing appended
+
+
+def test_refuses_a_line_that_is_not_json(tmp_path):
+    study = load_study()
+    path = tmp_path / study.RESULTS_FILE
+    path.write_text('{"schema": "x"\n')
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        study.main(study_args(tmp_path, "small", "0"))
+
+
+def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
+    study = load_study()
+    path = tmp_path / study.RESULTS_FILE
+    # Finished runs as an earlier (crashed) study would have left them:
+    # they must not be trained again.
+    finished = [
+        {
+            "schema": study.SCHEMA, "kind": "train", "name": name,
+            "key": study.run_key(
+                study.resolve_config(CONFIGS[name]), seed, {"steps": 3}
+            ),
+            "seed": seed, "status": "ok", "marker": "earlier study",
+        }
+        for name, seed in (("small", 0), ("diverges", 1))
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in finished))
+
+    code = study.main(study_args(tmp_path, "diverges,small", "0,1"))
+    assert code == 0
+    records = read_lines(path)
+    assert records[:2] == finished
+    trained = [(r["name"], r["seed"], r["status"]) for r in records[2:]]
+    # The diverging run fails without stopping the study; each
+    # configuration trains only the seed it did not have.
+    assert trained == [("diverges", 0, "failed"), ("small", 1, "ok")]
+    assert records[2]["reason"] == "non-finite loss at step 2"
+    assert "preset" not in records[2]  # nothing saved for a failed run
+    run = records[3]
+    assert run["steps"] == 3
+    assert run["budget"] == {"steps": 3}
+    assert run["config"]["backbone_overrides"] == SMALL["backbone_overrides"]
+    assert run["config"]["learning_rate"] is None  # compile()'s optimizer
+    assert run["scoring"]["num_train"] == 100  # every 40th of 4,000
+    assert run["scoring"]["num_held_out"] == 25  # every 40th of 1,000
+    # The real-vs-real floor uses as many real digits as samples (2 x 10).
+    assert run["scoring"]["frechet_floor_samples"] == 20
+    scores = run["evaluations"]["heun16_shift1_unguided"]
+    assert scores["nfe"] == 31  # Heun, 16 steps
+    # 20 samples: the accuracy is a multiple of 1/20.
+    assert scores["class_accuracy"] * 20 == pytest.approx(
+        round(scores["class_accuracy"] * 20)
+    )
+    assert os.path.isfile(tmp_path / run["preset"] / "task.json")
+    assert os.path.isfile(tmp_path / study.CLASSIFIER_FILE)
+
+    # A second pass has nothing left to do and leaves the file as it was.
+    before = path.read_text()
+    assert study.main(study_args(tmp_path, "diverges,small", "0,1")) == 0
+    assert path.read_text() == before
+
+
+def test_report_gives_mean_and_spread_over_seeds(tmp_path, capsys):
+    study = load_study()
+    path = tmp_path / study.RESULTS_FILE
+    accuracies = [0.5, 0.7, 0.6]
+    with open(path, "w") as f:
+        for seed, accuracy in enumerate(accuracies):
+            record = {
+                "schema": study.SCHEMA, "kind": "train", "name": "defaults",
+                "key": f"k/{seed}", "seed": seed, "budget": {"steps": 9},
+                "status": "ok", "steps": 9, "train_seconds": 1.0,
+                "scoring": {"frechet_floor": 2.0},
+                "autoencoder": {"reconstruction_psnr_db": 20.0,
+                                "latent_effective_rank": 5.0,
+                                "latent_std": 1.0},
+                "evaluations": {"heun16_shift1_unguided": {
+                    "class_accuracy": accuracy, "frechet_distance": 5.0,
+                    "precision": 0.9, "recall": 0.4, "nfe": 31}},
+            }
+            f.write(json.dumps(record) + "\n")
+        failed = {"schema": study.SCHEMA, "kind": "train", "name": "defaults",
+                  "key": "k/3", "seed": 3, "budget": {"steps": 9},
+                  "status": "failed", "reason": "non-finite loss at step 1"}
+        f.write(json.dumps(failed) + "\n")
+    assert study.main(["report", "--results-dir", str(tmp_path)]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines()
+           if line.startswith("| defaults")][0]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2] == "4 (1)"  # four seeds, one failed
+    # mean 0.6, sample standard deviation 0.1 of (0.5, 0.7, 0.6)
+    assert np.std(accuracies, ddof=1) == pytest.approx(0.1)
+    assert cells[3] == "0.6 ± 0.1"
+    assert cells[5] == "2.5 ± 0"  # FD / floor = 5 / 2 on every seed
