@@ -82,13 +82,34 @@ STUDY_DEFAULTS = {
 # Each configuration changes the library defaults by a few settings. The
 # order is the order of the screen: the likely causes first, so that a
 # partial study already answers something.
-# examples/train_digits.py's settings (its sampler: Heun, 16 steps).
-_DIGITS_DEMO = {
-    "t_min": 0.25, "time_mean": -0.5, "label_dropout": 0.1,
-    "learning_rate": 2e-3, "warmup_steps": 100, "clipnorm": 1.0,
-}
+def model_defaults():
+    """`DSDImageGenerator`'s keyword defaults (without backbone and seed)."""
+    signature = inspect.signature(keras_dsd.models.DSDImageGenerator)
+    return {
+        name: parameter.default
+        for name, parameter in signature.parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+        and name not in ("seed", "compile")
+        and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+
+# The library's `digits` recipe (examples/train_digits.py's settings; its
+# sampler: Heun, 16 steps): its optimiser, and the model settings where it
+# differs from the library defaults.
+_DIGITS = keras_dsd.recipes.get("digits")
 _LEARNING_RATE = {
-    "learning_rate": 2e-3, "warmup_steps": 100, "clipnorm": 1.0,
+    "learning_rate": _DIGITS.learning_rate,
+    "warmup_steps": _DIGITS.warmup_steps,
+    "clipnorm": _DIGITS.clipnorm,
+}
+_DIGITS_DEMO = {
+    **{
+        name: value
+        for name, value in _DIGITS.generator.items()
+        if model_defaults()[name] != value
+    },
+    **_LEARNING_RATE,
 }
 CONFIGS = {
     "defaults": {},
@@ -130,18 +151,6 @@ CONFIGS = {
     "digits_demo+teacher_decay_0.99": {**_DIGITS_DEMO, "teacher_decay": 0.99},
     "digits_demo+batch_64": {**_DIGITS_DEMO, "batch_size": 64},
 }
-
-
-def model_defaults():
-    """`DSDImageGenerator`'s keyword defaults (without backbone and seed)."""
-    signature = inspect.signature(keras_dsd.models.DSDImageGenerator)
-    return {
-        name: parameter.default
-        for name, parameter in signature.parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-        and name not in ("seed",)
-        and parameter.kind is not inspect.Parameter.VAR_KEYWORD
-    }
 
 
 def resolve_config(overrides):
@@ -310,7 +319,7 @@ class Scorer:
 # === One run ===
 
 
-def build_model(config, seed, total_steps):
+def build_model(config, seed):
     backbone = keras_dsd.models.DSDBackbone.from_preset(
         config["preset"], **config["backbone_overrides"]
     )
@@ -319,17 +328,10 @@ def build_model(config, seed, total_steps):
         backbone=backbone, seed=seed, **model_kwargs
     )
     if config["learning_rate"] is None:
-        model.compile()
-        return model
-    learning_rate = config["learning_rate"]
-    if config["warmup_steps"]:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0,
-            decay_steps=max(total_steps, 1),
-            alpha=1.0,  # constant after the warm-up
-            warmup_target=config["learning_rate"],
-            warmup_steps=config["warmup_steps"],
-        )
+        return model  # compiled at construction, as a new user gets it
+    learning_rate = keras_dsd.recipes.warmup_schedule(
+        config["learning_rate"], config["warmup_steps"]
+    )
     model.compile(
         optimizer=keras.optimizers.AdamW(
             learning_rate=learning_rate, weight_decay=0.0,
@@ -401,8 +403,7 @@ def run_one(name, config, seed, budget, scorer, args):
     keras.utils.set_random_seed(seed)
     num_train = len(scorer.train_images)
     steps_per_epoch = math.ceil(num_train / config["batch_size"])
-    planned_steps = budget.get("steps") or 10**7
-    model = build_model(config, seed, planned_steps)
+    model = build_model(config, seed)
     non_finite = NonFiniteLoss()
     callbacks = [non_finite]
     if "steps" in budget:

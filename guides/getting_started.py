@@ -156,7 +156,7 @@ use) and the sampler. `objective="dsd"` is the default; `"naive"` and
 The settings come from the library's `digits` recipe
 (`keras_dsd.recipes`, the one `examples/train_digits.py` uses), chosen from
 timed short runs on a CPU: a peak learning rate of 2e-3 after 100 warm-up
-steps, gradient clipping, and `t_min=0.25`, which caps the weight
+steps, gradient clipping, and a `t_min` of 0.25, which caps the weight
 `1 / max(1 - t, t_min)^2` that the diffusion loss gives to nearly clean
 latents. This guide changes two of them: it draws the training times `t`
 uniformly and trains without label dropout (the settings its quoted
@@ -401,8 +401,8 @@ the sampling EMA. `save_to_preset` writes a folder in the keras-hub style
 (`config.json` and `model.weights.h5` hold the sampling-EMA network you
 generate with, `task.json` and `task.weights.h5` the trained network and
 the teacher, `metadata.json` the parameter count) that `from_preset` reads
-back, from a folder or from a Kaggle / Hugging Face handle. Both reloaded models generate exactly the same
-digits from the same seed.
+back, from a folder or from a Kaggle / Hugging Face handle. Both reloaded
+models generate exactly the same digits from the same seed.
 
 The `.keras` file also holds the optimizer and its state, and the loaded
 model comes back compiled, so `fit` continues where the saved model
