@@ -70,26 +70,49 @@ def main():
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", default=None,
-                        help="An image folder (<class>/<image>) to read; "
-                        "default: generate one in a temporary directory.")
-    parser.add_argument("--num-images", type=int, default=384,
-                        help="Images to generate.")
-    parser.add_argument("--num-classes", type=int, default=8,
-                        help="Class folders to generate.")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="An image folder (<class>/<image>) to read; "
+        "default: generate one in a temporary directory.",
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=384, help="Images to generate."
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=8, help="Class folders to generate."
+    )
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
-    parser.add_argument("--quality", type=int, default=90,
-                        help="JPEG quality of the generated images.")
-    parser.add_argument("--image-size", type=int, nargs="+",
-                        default=[256, 32], help="Output sides to time.")
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=90,
+        help="JPEG quality of the generated images.",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[256, 32],
+        help="Output sides to time.",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=12,
-                        help="Timed batches.")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="Untimed batches (tracing, autotuning).")
-    parser.add_argument("--num-parallel-calls", type=int, default=None,
-                        help="Parallel decodes; default tf.data.AUTOTUNE.")
+    parser.add_argument(
+        "--batches", type=int, default=12, help="Timed batches."
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="Untimed batches (tracing, autotuning).",
+    )
+    parser.add_argument(
+        "--num-parallel-calls",
+        type=int,
+        default=None,
+        help="Parallel decodes; default tf.data.AUTOTUNE.",
+    )
     args = parser.parse_args()
 
     print(f"machine: {describe_machine()}")

@@ -35,9 +35,11 @@ def describe_machine():
                     break
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(
-        os, "sched_getaffinity"
-    ) else os.cpu_count()
+    usable = (
+        len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count()
+    )
     return (
         f"{cpu}, {os.cpu_count()} cores ({usable} usable), load average "
         f"{load_average()}; {platform.platform()}, Python "
@@ -86,8 +88,7 @@ def matmul_rate(backend, dtype="float32", size=2048, repeats=10):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        a = torch.ones((size, size), dtype=getattr(torch, dtype),
-                       device=device)
+        a = torch.ones((size, size), dtype=getattr(torch, dtype), device=device)
 
         def run():
             torch.matmul(a, a)

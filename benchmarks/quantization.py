@@ -30,9 +30,8 @@ import keras_dsd
 
 def weight_bytes(network):
     return sum(
-        int(np.prod(v.shape)) * np.dtype(
-            keras.backend.standardize_dtype(v.dtype)
-        ).itemsize
+        int(np.prod(v.shape))
+        * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize
         for v in network.variables
     )
 
@@ -43,8 +42,13 @@ def psnr(a, b):
 
 
 def measure(model, class_labels, real, classifier, args):
-    generate = dict(num_steps=args.num_steps, sampler="heun", seed=0,
-                    guidance_scale=args.guidance_scale, batch_size=50)
+    generate = dict(
+        num_steps=args.num_steps,
+        sampler="heun",
+        seed=0,
+        guidance_scale=args.guidance_scale,
+        batch_size=50,
+    )
     model.generate(class_labels[:50], **generate)  # compile
     start = time.perf_counter()
     samples = model.generate(class_labels, **generate)
@@ -98,8 +102,15 @@ def main():
         )
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"backend": keras.backend.backend(),
-                       "machine": describe_machine(), **results}, f, indent=2)
+            json.dump(
+                {
+                    "backend": keras.backend.backend(),
+                    "machine": describe_machine(),
+                    **results,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

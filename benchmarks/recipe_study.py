@@ -79,6 +79,7 @@ STUDY_DEFAULTS = {
     "clipnorm": None,
 }
 
+
 # Each configuration changes the library defaults by a few settings. The
 # order is the order of the screen: the likely causes first, so that a
 # partial study already answers something.
@@ -117,7 +118,9 @@ CONFIGS = {
     # rate the training-time factors below are visible at a small budget.
     "lr_2e-3_warmup": dict(_LEARNING_RATE),
     "lr_2e-3+time_-0.8_0.8": {
-        **_LEARNING_RATE, "time_mean": -0.8, "time_std": 0.8,
+        **_LEARNING_RATE,
+        "time_mean": -0.8,
+        "time_std": 0.8,
     },
     "lr_2e-3+t_min_0.25": {**_LEARNING_RATE, "t_min": 0.25},
     "lr_2e-3+teacher_online": {**_LEARNING_RATE, "teacher": "online"},
@@ -131,7 +134,9 @@ CONFIGS = {
     "teacher_online": {"teacher": "online"},
     "label_dropout_0.1": {"label_dropout": 0.1},
     "lr_1e-3_warmup": {
-        "learning_rate": 1e-3, "warmup_steps": 100, "clipnorm": 1.0,
+        "learning_rate": 1e-3,
+        "warmup_steps": 100,
+        "clipnorm": 1.0,
     },
     "teacher_decay_0.99": {"teacher_decay": 0.99},
     "ema_decay_0.999": {"ema_decay": 0.999},
@@ -141,10 +146,14 @@ CONFIGS = {
     # The demo's settings changed one at a time (the README's sweep, done
     # before this study by benchmarks/digits_sweep.py, one seed each).
     "digits_demo+uniform": {
-        **_DIGITS_DEMO, "time_distribution": "uniform", "label_dropout": 0.0,
+        **_DIGITS_DEMO,
+        "time_distribution": "uniform",
+        "label_dropout": 0.0,
     },
     "digits_demo+uniform+t_min_0.05": {
-        **_DIGITS_DEMO, "time_distribution": "uniform", "label_dropout": 0.0,
+        **_DIGITS_DEMO,
+        "time_distribution": "uniform",
+        "label_dropout": 0.0,
         "t_min": 0.05,
     },
     "digits_demo+time_mean_0": {**_DIGITS_DEMO, "time_mean": 0.0},
@@ -225,8 +234,9 @@ def append_record(path, record):
 class Scorer:
     """The fixed split and the digit classifier that scores every run."""
 
-    def __init__(self, results_dir, samples_per_class, classifier_epochs=3,
-                 num_real=None):
+    def __init__(
+        self, results_dir, samples_per_class, classifier_epochs=3, num_real=None
+    ):
         images, labels = keras_dsd.datasets.load_mnist_digits(image_size=32)
         held_out = np.arange(len(images)) % 5 == 0
         self.train_images = images[~held_out]
@@ -250,10 +260,12 @@ class Scorer:
         # first `samples_per_class` of each class; the Fréchet distance is
         # biased upwards at small sample counts), against the same
         # held-out digits.
-        floor_images = np.concatenate([
-            self.train_images[self.train_labels == c][:samples_per_class]
-            for c in range(10)
-        ])
+        floor_images = np.concatenate(
+            [
+                self.train_images[self.train_labels == c][:samples_per_class]
+                for c in range(10)
+            ]
+        )
         floor_features, _ = keras_dsd.metrics.classify_digits(
             self.extractor, floor_images
         )
@@ -285,8 +297,7 @@ class Scorer:
             features, on_singular="ignore"
         )
         return float(
-            keras_dsd.metrics.frechet_distance(mu, sigma,
-                                               *self.test_statistics)
+            keras_dsd.metrics.frechet_distance(mu, sigma, *self.test_statistics)
         )
 
     def score_samples(self, samples, class_labels):
@@ -334,7 +345,8 @@ def build_model(config, seed):
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(
-            learning_rate=learning_rate, weight_decay=0.0,
+            learning_rate=learning_rate,
+            weight_decay=0.0,
             clipnorm=config["clipnorm"],
         )
     )
@@ -384,9 +396,13 @@ def evaluate(model, scorer, evaluations, samples_per_class, seed):
     for sampler, num_steps, time_shift, guidance_scale in evaluations:
         start = time.time()
         samples = model.generate(
-            class_labels, num_steps=num_steps, sampler=sampler,
-            time_shift=time_shift, guidance_scale=guidance_scale,
-            seed=seed + 1000, batch_size=250,
+            class_labels,
+            num_steps=num_steps,
+            sampler=sampler,
+            time_shift=time_shift,
+            guidance_scale=guidance_scale,
+            seed=seed + 1000,
+            batch_size=250,
         )
         scores = scorer.score_samples(samples, class_labels)
         scores["nfe"] = keras_dsd.samplers.num_function_evaluations(
@@ -415,9 +431,13 @@ def run_one(name, config, seed, budget, scorer, args):
     load_before = os.getloadavg()
     start = time.time()
     history = model.fit(
-        scorer.train_images, scorer.train_labels,
-        batch_size=config["batch_size"], epochs=epochs, shuffle=True,
-        callbacks=callbacks, verbose=0,
+        scorer.train_images,
+        scorer.train_labels,
+        batch_size=config["batch_size"],
+        epochs=epochs,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
     )
     train_seconds = time.time() - start
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -446,7 +466,8 @@ def run_one(name, config, seed, budget, scorer, args):
         )
         return record
     preset_dir = os.path.join(
-        args.results_dir, "runs",
+        args.results_dir,
+        "runs",
         f"{name}_{config_hash(config)}_seed{seed}_{_budget_tag(budget)}",
     )
     model.save_to_preset(preset_dir)
@@ -479,8 +500,10 @@ def default_evaluations(config, guidance_scales):
 def versions():
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-            text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -510,7 +533,8 @@ def train(args):
     path = os.path.join(args.results_dir, RESULTS_FILE)
     done = {record["key"] for record in read_results(path)}
     budget = (
-        {"steps": args.steps} if args.minutes is None
+        {"steps": args.steps}
+        if args.minutes is None
         else {"minutes": args.minutes}
     )
     plan = []
@@ -523,12 +547,17 @@ def train(args):
         key = run_key(config, seed, budget)
         if key not in done:
             plan.append((name, config, seed, key))
-    print(f"{len(plan)} run(s) to do, {len(done)} already in {path}",
-          flush=True)
+    print(
+        f"{len(plan)} run(s) to do, {len(done)} already in {path}", flush=True
+    )
     if not plan:
         return 0
-    scorer = Scorer(args.results_dir, args.samples_per_class,
-                    args.classifier_epochs, num_real=args.subsample)
+    scorer = Scorer(
+        args.results_dir,
+        args.samples_per_class,
+        args.classifier_epochs,
+        num_real=args.subsample,
+    )
     print(f"scoring: {json.dumps(scorer.info)}", flush=True)
     for name, config, seed, key in plan:
         if args.stop_at and time.time() >= args.stop_at:
@@ -554,25 +583,33 @@ def resample(args):
         for scale in args.guidance_scales_or_none
     ]
     for run in records:
-        if (run["kind"] != "train" or run["status"] != "ok"
-                or run["name"] not in args.names):
+        if (
+            run["kind"] != "train"
+            or run["status"] != "ok"
+            or run["name"] not in args.names
+        ):
             continue
         todo = [
-            e for e in evaluations
+            e
+            for e in evaluations
             if f"{run['key']}/{evaluation_name(*e)}" not in done
         ]
         if not todo:
             continue
         if scorer is None:
-            scorer = Scorer(args.results_dir, args.samples_per_class,
-                            args.classifier_epochs,
-                            num_real=args.subsample)
+            scorer = Scorer(
+                args.results_dir,
+                args.samples_per_class,
+                args.classifier_epochs,
+                num_real=args.subsample,
+            )
         model = keras_dsd.models.DSDImageGenerator.from_preset(
             os.path.join(args.results_dir, run["preset"])
         )
         for evaluation in todo:
-            scores = evaluate(model, scorer, [evaluation],
-                              args.samples_per_class, run["seed"])
+            scores = evaluate(
+                model, scorer, [evaluation], args.samples_per_class, run["seed"]
+            )
             name = evaluation_name(*evaluation)
             record = {
                 "schema": SCHEMA,
@@ -593,22 +630,29 @@ def resample(args):
                 "status": "ok",
             }
             append_record(path, record)
-            print(f"{run['name']} seed {run['seed']} {name}: "
-                  f"{json.dumps(scores[name])}", flush=True)
+            print(
+                f"{run['name']} seed {run['seed']} {name}: "
+                f"{json.dumps(scores[name])}",
+                flush=True,
+            )
     return 0
 
 
 def summarise(record):
-    text = (f"{record['name']} seed {record['seed']}: {record['status']}, "
-            f"{record['steps']} steps in {record['train_seconds']} s")
+    text = (
+        f"{record['name']} seed {record['seed']}: {record['status']}, "
+        f"{record['steps']} steps in {record['train_seconds']} s"
+    )
     if record["status"] != "ok":
         return text + f" ({record['reason']})"
     unguided = record["evaluations"]["heun16_shift1_unguided"]
-    return (text + f"; acc {unguided['class_accuracy']:.3f}, FD "
-            f"{unguided['frechet_distance']:.2f} (floor "
-            f"{record['scoring']['frechet_floor']:.2f}), recall "
-            f"{unguided['recall']:.3f}, PSNR "
-            f"{record['autoencoder']['reconstruction_psnr_db']:.2f} dB")
+    return (
+        text + f"; acc {unguided['class_accuracy']:.3f}, FD "
+        f"{unguided['frechet_distance']:.2f} (floor "
+        f"{record['scoring']['frechet_floor']:.2f}), recall "
+        f"{unguided['recall']:.3f}, PSNR "
+        f"{record['autoencoder']['reconstruction_psnr_db']:.2f} dB"
+    )
 
 
 # === Report ===
@@ -665,20 +709,23 @@ def report(args):
     header = ["config", "budget", "seeds (failed)"] + [
         label for _, label in REPORT_COLUMNS
     ]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, budget), row in sorted(
         rows.items(), key=lambda item: (order.get(item[0][0], 99), item[0])
     ):
-        cells = [name, budget.strip("{}").replace('"', ""),
-                 f"{len(row['seeds'])} ({row['failed']})"]
+        cells = [
+            name,
+            budget.strip("{}").replace('"', ""),
+            f"{len(row['seeds'])} ({row['failed']})",
+        ]
         for metric, _ in REPORT_COLUMNS:
             values = row["values"].get(metric)
             cells.append(_mean_spread(values) if values else "-")
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     several = [
-        r for r in records
+        r
+        for r in records
         if r["kind"] == "sampling"
         or (r["status"] == "ok" and len(r["evaluations"]) > 1)
     ]
@@ -700,12 +747,19 @@ def sampling_table(records):
             groups.setdefault(
                 (record["name"], record["evaluation"]), []
             ).append(record["scores"])
-    lines = ["| config | sampling | NFE | seeds | class acc. | FD | "
-             "precision | recall |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| config | sampling | NFE | seeds | class acc. | FD | "
+        "precision | recall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (name, evaluation), scores in sorted(groups.items()):
         cells = [name, evaluation, str(scores[0]["nfe"]), str(len(scores))]
-        for metric in ("class_accuracy", "frechet_distance", "precision",
-                       "recall"):
+        for metric in (
+            "class_accuracy",
+            "frechet_distance",
+            "precision",
+            "recall",
+        ):
             cells.append(_mean_spread([s[metric] for s in scores]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -722,22 +776,25 @@ def plot(rows, records, prefix):
         ((k, r) for k, r in rows.items() if r["values"]),
         key=lambda item: (order.get(item[0][0], 99), item[0]),
     )
-    labels = [f"{name}\n{budget.strip('{}')}".replace('"', "")
-              for (name, budget), _ in items]
-    metrics = (("class_accuracy", "class accuracy (unguided)"),
-               ("fd_over_floor", "Fréchet distance / real floor"),
-               ("recall", "recall"),
-               ("reconstruction_psnr_db", "held-out PSNR (dB)"))
-    figure, axes = plt.subplots(len(metrics), 1,
-                                figsize=(max(6, 0.9 * len(items)), 11),
-                                sharex=True)
+    labels = [
+        f"{name}\n{budget.strip('{}')}".replace('"', "")
+        for (name, budget), _ in items
+    ]
+    metrics = (
+        ("class_accuracy", "class accuracy (unguided)"),
+        ("fd_over_floor", "Fréchet distance / real floor"),
+        ("recall", "recall"),
+        ("reconstruction_psnr_db", "held-out PSNR (dB)"),
+    )
+    figure, axes = plt.subplots(
+        len(metrics), 1, figsize=(max(6, 0.9 * len(items)), 11), sharex=True
+    )
     for axis, (metric, title) in zip(axes, metrics):
         for i, (_, row) in enumerate(items):
             values = row["values"].get(metric, [])
             axis.scatter([i] * len(values), values, color="tab:blue", s=14)
             if values:
-                axis.hlines(np.mean(values), i - 0.3, i + 0.3,
-                            color="tab:red")
+                axis.hlines(np.mean(values), i - 0.3, i + 0.3, color="tab:red")
         axis.set_ylabel(title, fontsize=8)
         axis.grid(alpha=0.3)
     axes[-1].set_xticks(range(len(items)))
@@ -763,10 +820,13 @@ def guidance_curves(records):
                 continue
             guidance = name.rsplit("_", 1)[1]
             scale = 0.0 if guidance == "unguided" else float(guidance[3:])
-            curves.setdefault(record["name"], {}).setdefault(
-                scale, []
-            ).append((scores["class_accuracy"], scores["recall"],
-                      scores["frechet_distance"] / floor))
+            curves.setdefault(record["name"], {}).setdefault(scale, []).append(
+                (
+                    scores["class_accuracy"],
+                    scores["recall"],
+                    scores["frechet_distance"] / floor,
+                )
+            )
     return {name: c for name, c in curves.items() if len(c) > 1}
 
 
@@ -810,43 +870,72 @@ def parse_args(argv=None):
     )
     parser.add_argument("command", choices=["train", "resample", "report"])
     parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
-    parser.add_argument("--only", default=None,
-                        help="Comma-separated configurations, of: "
-                             + ", ".join(CONFIGS))
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="Comma-separated configurations, of: " + ", ".join(CONFIGS),
+    )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--order", choices=["configs", "seeds"],
-                        default="configs",
-                        help="train: all seeds of one configuration before "
-                             "the next ('configs'), or one seed of every "
-                             "configuration before the next seed.")
-    parser.add_argument("--steps", type=int, default=300,
-                        help="Budget: optimizer steps per run.")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="Budget: wall-clock training minutes per run "
-                             "(replaces --steps).")
+    parser.add_argument(
+        "--order",
+        choices=["configs", "seeds"],
+        default="configs",
+        help="train: all seeds of one configuration before "
+        "the next ('configs'), or one seed of every "
+        "configuration before the next seed.",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=300,
+        help="Budget: optimizer steps per run.",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="Budget: wall-clock training minutes per run (replaces --steps).",
+    )
     parser.add_argument("--samples-per-class", type=int, default=50)
-    parser.add_argument("--guidance-scales", default="1.5,3",
-                        help="Scales scored for runs trained with label "
-                             "dropout (train), or the scales to score "
-                             "(resample; 'none' for unguided).")
-    parser.add_argument("--samplers", default="heun",
-                        help="resample: comma-separated samplers.")
-    parser.add_argument("--num-steps", default="16",
-                        help="resample: comma-separated sampler steps.")
-    parser.add_argument("--time-shifts", default="1",
-                        help="resample: comma-separated grid shifts.")
+    parser.add_argument(
+        "--guidance-scales",
+        default="1.5,3",
+        help="Scales scored for runs trained with label "
+        "dropout (train), or the scales to score "
+        "(resample; 'none' for unguided).",
+    )
+    parser.add_argument(
+        "--samplers", default="heun", help="resample: comma-separated samplers."
+    )
+    parser.add_argument(
+        "--num-steps",
+        default="16",
+        help="resample: comma-separated sampler steps.",
+    )
+    parser.add_argument(
+        "--time-shifts",
+        default="1",
+        help="resample: comma-separated grid shifts.",
+    )
     parser.add_argument("--classifier-epochs", type=int, default=3)
-    parser.add_argument("--stop-at", default=None,
-                        help="Start no new run after this UTC time "
-                             "(HH:MM).")
-    parser.add_argument("--plots", default=None,
-                        help="report: path prefix of the PNG plots.")
-    parser.add_argument("--config-json", default=None,
-                        help="Extra configurations as a JSON object "
-                             "{name: {setting: value}} (added to the "
-                             "built-in ones).")
-    parser.add_argument("--subsample", type=int, default=None,
-                        help=argparse.SUPPRESS)  # tests: every n-th digit
+    parser.add_argument(
+        "--stop-at",
+        default=None,
+        help="Start no new run after this UTC time (HH:MM).",
+    )
+    parser.add_argument(
+        "--plots", default=None, help="report: path prefix of the PNG plots."
+    )
+    parser.add_argument(
+        "--config-json",
+        default=None,
+        help="Extra configurations as a JSON object "
+        "{name: {setting: value}} (added to the "
+        "built-in ones).",
+    )
+    parser.add_argument(
+        "--subsample", type=int, default=None, help=argparse.SUPPRESS
+    )  # tests: every n-th digit
     args = parser.parse_args(argv)
     args.configs = dict(CONFIGS)
     if args.config_json:
@@ -857,8 +946,10 @@ def parse_args(argv=None):
     args.names = args.only.split(",") if args.only else list(CONFIGS)
     unknown = [name for name in args.names if name not in args.configs]
     if unknown:
-        parser.error(f"unknown configuration(s) {unknown}; choose from "
-                     f"{list(args.configs)}")
+        parser.error(
+            f"unknown configuration(s) {unknown}; choose from "
+            f"{list(args.configs)}"
+        )
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.minutes is not None and not args.minutes > 0:
@@ -871,8 +962,10 @@ def parse_args(argv=None):
     args.samplers = [s for s in args.samplers.split(",") if s]
     for sampler in args.samplers:
         if sampler not in keras_dsd.samplers.SAMPLERS:
-            parser.error(f"unknown sampler {sampler!r}; choose from "
-                         f"{sorted(keras_dsd.samplers.SAMPLERS)}")
+            parser.error(
+                f"unknown sampler {sampler!r}; choose from "
+                f"{sorted(keras_dsd.samplers.SAMPLERS)}"
+            )
     scales = [s for s in args.guidance_scales.split(",") if s]
     args.guidance_scales_or_none = [
         None if s.lower() == "none" else float(s) for s in scales

@@ -39,9 +39,7 @@ def blocking_hooks(variables):
         dist.all_reduce(parameter.grad)
         parameter.grad.div_(world_size)
 
-    return [
-        v.value.register_post_accumulate_grad_hook(hook) for v in variables
-    ]
+    return [v.value.register_post_accumulate_grad_hook(hook) for v in variables]
 
 
 def time_steps(model, images, labels, steps):
@@ -54,10 +52,12 @@ def time_steps(model, images, labels, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="dsd_tiny",
-                        choices=sorted(keras_dsd.models.presets))
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="Images per process.")
+    parser.add_argument(
+        "--preset", default="dsd_tiny", choices=sorted(keras_dsd.models.presets)
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="Images per process."
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
@@ -65,8 +65,10 @@ def main():
     load_before = machine.load_average()
     context = distribution.setup_data_parallel()
     if context.num_processes < 2:
-        raise SystemExit("torch_allreduce.py: run it under torchrun with "
-                         "--nproc_per_node 2 or more.")
+        raise SystemExit(
+            "torch_allreduce.py: run it under torchrun with "
+            "--nproc_per_node 2 or more."
+        )
     backbone = keras_dsd.models.DSDBackbone.from_preset(args.preset)
     model = keras_dsd.models.DSDImageGenerator(backbone=backbone, seed=0)
     model.compile()
@@ -85,15 +87,11 @@ def main():
         )
         model.train_on_batch(images, labels)
         buckets.seconds_waiting = 0.0
-        times["bucketed"].append(
-            time_steps(model, images, labels, args.steps)
-        )
+        times["bucketed"].append(time_steps(model, images, labels, args.steps))
         waiting.append(buckets.seconds_waiting / args.steps)
         buckets.remove()
         handles = blocking_hooks(variables)
-        times["blocking"].append(
-            time_steps(model, images, labels, args.steps)
-        )
+        times["blocking"].append(time_steps(model, images, labels, args.steps))
         for handle in handles:
             handle.remove()
     if context.is_chief:

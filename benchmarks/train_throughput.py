@@ -34,7 +34,8 @@ def machine_description():
 
         devices = (
             f"cuda ({torch.cuda.get_device_name()})"
-            if torch.cuda.is_available() else "cpu"
+            if torch.cuda.is_available()
+            else "cpu"
         )
     elif keras.backend.backend() == "jax":
         import jax
@@ -44,9 +45,7 @@ def machine_description():
         )
     else:
         devices = ", ".join(
-            sorted(
-                {d.split(":")[0] for d in keras.distribution.list_devices()}
-            )
+            sorted({d.split(":")[0] for d in keras.distribution.list_devices()})
         )
     return f"{machine.describe_machine()}; devices: {devices}"
 
@@ -150,22 +149,32 @@ def main():
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default="dsd_tiny",
-                        choices=sorted(keras_dsd.models.presets))
+    parser.add_argument(
+        "--preset", default="dsd_tiny", choices=sorted(keras_dsd.models.presets)
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20,
-                        help="Timed training steps.")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="Untimed steps (compilation).")
-    parser.add_argument("--sample-steps", type=int, default=16,
-                        help="Heun steps for the sampling timing; 0 skips.")
-    parser.add_argument("--sampler", default="heun",
-                        choices=sorted(keras_dsd.samplers.SAMPLERS))
+    parser.add_argument(
+        "--steps", type=int, default=20, help="Timed training steps."
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="Untimed steps (compilation)."
+    )
+    parser.add_argument(
+        "--sample-steps",
+        type=int,
+        default=16,
+        help="Heun steps for the sampling timing; 0 skips.",
+    )
+    parser.add_argument(
+        "--sampler", default="heun", choices=sorted(keras_dsd.samplers.SAMPLERS)
+    )
     parser.add_argument("--mixed-precision", action="store_true")
-    parser.add_argument("--jit-compile", default="auto",
-                        choices=["auto", "true", "false"],
-                        help="`compile(jit_compile=...)`; on torch, `true` "
-                        "is torch.compile.")
+    parser.add_argument(
+        "--jit-compile",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="`compile(jit_compile=...)`; on torch, `true` is torch.compile.",
+    )
     args = parser.parse_args()
     load_before = machine.load_average()
     if args.mixed_precision:
@@ -216,8 +225,10 @@ def main():
     )
     if args.sample_steps:
         class_labels = labels % backbone.num_classes
-        sample_kwargs = {"num_steps": args.sample_steps,
-                         "sampler": args.sampler}
+        sample_kwargs = {
+            "num_steps": args.sample_steps,
+            "sampler": args.sampler,
+        }
         model.generate(class_labels, seed=0, **sample_kwargs)
         start = time.perf_counter()
         model.generate(class_labels, seed=1, **sample_kwargs)

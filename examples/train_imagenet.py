@@ -48,14 +48,22 @@ from keras_dsd.utils.file_utils import write_json
 RECIPE = keras_dsd.recipes.get("imagenet")
 # The recipe's DSDImageGenerator settings that have a flag here.
 FLAG_SETTINGS = (
-    "objective", "teacher_decay", "ema_decay", "time_distribution", "t_min",
+    "objective",
+    "teacher_decay",
+    "ema_decay",
+    "time_distribution",
+    "t_min",
     "label_dropout",
 )
 # DiT's sample classes: macaw, husky, golden retriever, panda, otter, ...
 SAMPLE_CLASSES = (88, 207, 279, 360, 387, 388, 417, 974, 979, 980, 33, 812)
 # Recipe settings a restart may change without starting a new run.
 RESUMABLE_CHANGES = (
-    "epochs", "steps", "updates", "sample_every", "max_minutes"
+    "epochs",
+    "steps",
+    "updates",
+    "sample_every",
+    "max_minutes",
 )
 
 
@@ -65,104 +73,200 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", default=None,
-                      help="ImageNet folder (holding train/<wnid>/*.JPEG, or "
-                           "the train folder itself), any class-per-folder "
-                           "tree with --source folder, or the tfds data dir "
-                           "with --source tfds.")
-    data.add_argument("--source", default="imagenet-folder",
-                      choices=["imagenet-folder", "folder", "tfds"],
-                      help="imagenet-folder: 1000 wnid folders, standard "
-                           "label order; folder: any class-per-folder tree; "
-                           "tfds: imagenet2012 built from the official tars "
-                           "in --manual-dir.")
-    data.add_argument("--manual-dir", default=None,
-                      help="With --source tfds: folder holding "
-                           "ILSVRC2012_img_train.tar and ILSVRC2012_img_val"
-                           ".tar.")
-    data.add_argument("--image-size", type=int, default=256,
-                      help="Training resolution (ADM center crop); the "
-                           "preset's patch size must divide it.")
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help="ImageNet folder (holding train/<wnid>/*.JPEG, or "
+        "the train folder itself), any class-per-folder "
+        "tree with --source folder, or the tfds data dir "
+        "with --source tfds.",
+    )
+    data.add_argument(
+        "--source",
+        default="imagenet-folder",
+        choices=["imagenet-folder", "folder", "tfds"],
+        help="imagenet-folder: 1000 wnid folders, standard "
+        "label order; folder: any class-per-folder tree; "
+        "tfds: imagenet2012 built from the official tars "
+        "in --manual-dir.",
+    )
+    data.add_argument(
+        "--manual-dir",
+        default=None,
+        help="With --source tfds: folder holding "
+        "ILSVRC2012_img_train.tar and ILSVRC2012_img_val"
+        ".tar.",
+    )
+    data.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="Training resolution (ADM center crop); the "
+        "preset's patch size must divide it.",
+    )
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default=RECIPE.preset,
-                       choices=sorted(backbone_presets),
-                       help="Backbone size.")
-    model.add_argument("--num-classes", type=int, default=None,
-                       help="Classes of a new model; defaults to the "
-                            "preset's. Must equal the data's class count.")
-    model.add_argument("--objective", default=RECIPE.generator["objective"],
-                       choices=list(OBJECTIVES),
-                       help="Training objective (decoupled and naive are "
-                            "the paper's ablations).")
-    model.add_argument("--teacher-decay", type=float,
-                       default=RECIPE.generator["teacher_decay"],
-                       help="EMA decay of the teacher.")
-    model.add_argument("--ema-decay", type=float,
-                       default=RECIPE.generator["ema_decay"],
-                       help="EMA decay of the sampling weights.")
-    model.add_argument("--time-distribution",
-                       default=RECIPE.generator["time_distribution"],
-                       choices=TIME_DISTRIBUTIONS)
-    model.add_argument("--t-min", type=float,
-                       default=RECIPE.generator["t_min"],
-                       help="Clamp of 1 - t in the loss weight.")
-    model.add_argument("--label-dropout", type=float,
-                       default=RECIPE.generator["label_dropout"],
-                       help="Null-class probability, for guidance (the "
-                            "paper's numbers use none).")
+    model.add_argument(
+        "--preset",
+        default=RECIPE.preset,
+        choices=sorted(backbone_presets),
+        help="Backbone size.",
+    )
+    model.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="Classes of a new model; defaults to the "
+        "preset's. Must equal the data's class count.",
+    )
+    model.add_argument(
+        "--objective",
+        default=RECIPE.generator["objective"],
+        choices=list(OBJECTIVES),
+        help="Training objective (decoupled and naive are "
+        "the paper's ablations).",
+    )
+    model.add_argument(
+        "--teacher-decay",
+        type=float,
+        default=RECIPE.generator["teacher_decay"],
+        help="EMA decay of the teacher.",
+    )
+    model.add_argument(
+        "--ema-decay",
+        type=float,
+        default=RECIPE.generator["ema_decay"],
+        help="EMA decay of the sampling weights.",
+    )
+    model.add_argument(
+        "--time-distribution",
+        default=RECIPE.generator["time_distribution"],
+        choices=TIME_DISTRIBUTIONS,
+    )
+    model.add_argument(
+        "--t-min",
+        type=float,
+        default=RECIPE.generator["t_min"],
+        help="Clamp of 1 - t in the loss weight.",
+    )
+    model.add_argument(
+        "--label-dropout",
+        type=float,
+        default=RECIPE.generator["label_dropout"],
+        help="Null-class probability, for guidance (the "
+        "paper's numbers use none).",
+    )
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--global-batch-size", type=int,
-                       default=RECIPE.batch_size,
-                       help="Images per optimizer update, over all devices "
-                            "and accumulation steps.")
-    train.add_argument("--grad-accum", type=int, default=1,
-                       help="Gradient accumulation steps: each update "
-                            "averages this many micro-batches of "
-                            "global-batch-size / grad-accum images.")
-    train.add_argument("--epochs", type=float, default=50,
-                       help="Passes over the data (ignored with --steps).")
-    train.add_argument("--steps", type=int, default=None,
-                       help="Optimizer updates; overrides --epochs.")
-    train.add_argument("--learning-rate", type=float,
-                       default=RECIPE.learning_rate)
-    train.add_argument("--warmup-steps", type=int,
-                       default=RECIPE.warmup_steps,
-                       help="Linear learning-rate warm-up (updates).")
-    train.add_argument("--weight-decay", type=float,
-                       default=RECIPE.weight_decay)
-    train.add_argument("--clipnorm", type=float, default=RECIPE.clipnorm,
-                       help="Gradient-norm clipping; off by default.")
-    train.add_argument("--mixed-precision", default="none",
-                       choices=["none", "bf16"],
-                       help="bf16: bfloat16 compute, float32 weights, "
-                            "teacher, EMA and sensitive layers.")
+    train.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=RECIPE.batch_size,
+        help="Images per optimizer update, over all devices "
+        "and accumulation steps.",
+    )
+    train.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="Gradient accumulation steps: each update "
+        "averages this many micro-batches of "
+        "global-batch-size / grad-accum images.",
+    )
+    train.add_argument(
+        "--epochs",
+        type=float,
+        default=50,
+        help="Passes over the data (ignored with --steps).",
+    )
+    train.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="Optimizer updates; overrides --epochs.",
+    )
+    train.add_argument(
+        "--learning-rate", type=float, default=RECIPE.learning_rate
+    )
+    train.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=RECIPE.warmup_steps,
+        help="Linear learning-rate warm-up (updates).",
+    )
+    train.add_argument(
+        "--weight-decay", type=float, default=RECIPE.weight_decay
+    )
+    train.add_argument(
+        "--clipnorm",
+        type=float,
+        default=RECIPE.clipnorm,
+        help="Gradient-norm clipping; off by default.",
+    )
+    train.add_argument(
+        "--mixed-precision",
+        default="none",
+        choices=["none", "bf16"],
+        help="bf16: bfloat16 compute, float32 weights, "
+        "teacher, EMA and sensitive layers.",
+    )
     train.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default="outputs/train_imagenet")
-    run.add_argument("--steps-per-loop", type=int, default=1000,
-                     help="Micro-batches between checkpoints and log "
-                          "lines (one Keras epoch).")
-    run.add_argument("--sample-every", type=int, default=10,
-                     help="Loops between sample grids.")
-    run.add_argument("--sample-steps", type=int,
-                     default=RECIPE.sampling["num_steps"],
-                     help="Heun steps of the sample grids.")
-    run.add_argument("--max-minutes", type=float, default=None,
-                     help="Stop cleanly after this long (checkpoint "
-                          "written), e.g. before a preemption.")
-    run.add_argument("--tpu", default=None,
-                     help="TensorFlow: TPU name or 'local' on a TPU VM.")
-    run.add_argument("--multi-host", action="store_true",
-                     help="JAX: multi-host TPU pod or GPU cluster.")
-    run.add_argument("--smoke", action="store_true",
-                     help="A few steps of dsd_tiny on a generated image "
-                          "folder: checks the whole pipeline.")
+    run.add_argument(
+        "--steps-per-loop",
+        type=int,
+        default=1000,
+        help="Micro-batches between checkpoints and log "
+        "lines (one Keras epoch).",
+    )
+    run.add_argument(
+        "--sample-every",
+        type=int,
+        default=10,
+        help="Loops between sample grids.",
+    )
+    run.add_argument(
+        "--sample-steps",
+        type=int,
+        default=RECIPE.sampling["num_steps"],
+        help="Heun steps of the sample grids.",
+    )
+    run.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="Stop cleanly after this long (checkpoint "
+        "written), e.g. before a preemption.",
+    )
+    run.add_argument(
+        "--tpu",
+        default=None,
+        help="TensorFlow: TPU name or 'local' on a TPU VM.",
+    )
+    run.add_argument(
+        "--multi-host",
+        action="store_true",
+        help="JAX: multi-host TPU pod or GPU cluster.",
+    )
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="A few steps of dsd_tiny on a generated image "
+        "folder: checks the whole pipeline.",
+    )
     args = parser.parse_args(argv)
-    for name in ("image_size", "global_batch_size", "grad_accum",
-                 "steps_per_loop", "sample_every", "sample_steps"):
+    for name in (
+        "image_size",
+        "global_batch_size",
+        "grad_accum",
+        "steps_per_loop",
+        "sample_every",
+        "sample_steps",
+    ):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got "
-                         f"{getattr(args, name)}")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= 1, got "
+                f"{getattr(args, name)}"
+            )
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.epochs <= 0:
@@ -198,7 +302,7 @@ def make_smoke_folder(directory, num_classes=3, per_class=8, seed=0):
                 continue
             image = np.full((40, 48, 3), 30 + 80 * label, "uint8")
             top, left = rng.integers(0, 20, 2)
-            image[top:top + 16, left:left + 20] = rng.integers(0, 256, 3)
+            image[top : top + 16, left : left + 20] = rng.integers(0, 256, 3)
             Image.fromarray(image).save(path, quality=90)
 
 
@@ -212,17 +316,22 @@ def load_data(args, context, micro_batch, start_step):
         # PyTorch processes read their own shards; Keras splits the global
         # stream across JAX hosts itself.
         "num_shards": context.data_shards,
-        "shard_index": context.process_index if context.data_shards > 1
-        else 0,
+        "shard_index": context.process_index if context.data_shards > 1 else 0,
     }
     per_process = context.per_process_batch_size(micro_batch)
     if args.source == "tfds":
         if args.manual_dir is None:
-            raise ValueError("--source tfds needs --manual-dir (the folder "
-                             "with the ILSVRC2012 tar files).")
+            raise ValueError(
+                "--source tfds needs --manual-dir (the folder "
+                "with the ILSVRC2012 tar files)."
+            )
         dataset = keras_dsd.datasets.imagenet_tfds(
-            args.data_dir, args.manual_dir, args.image_size, per_process,
-            split="train", **kwargs,
+            args.data_dir,
+            args.manual_dir,
+            args.image_size,
+            per_process,
+            split="train",
+            **kwargs,
         )
         return dataset, IMAGENET_TRAIN_IMAGES, 1000
     if args.source == "imagenet-folder":
@@ -269,7 +378,8 @@ def check_output_dir(args, recipe):
         with open(path) as f:
             previous = json.load(f)
         changed = sorted(
-            key for key in set(previous) | set(recipe)
+            key
+            for key in set(previous) | set(recipe)
             if key not in RESUMABLE_CHANGES
             and previous.get(key) != recipe.get(key)
         )
@@ -349,13 +459,17 @@ def train(args):
     loops = math.ceil(updates * args.grad_accum / args.steps_per_loop)
 
     recipe = {
-        key: value for key, value in sorted(vars(args).items())
+        key: value
+        for key, value in sorted(vars(args).items())
         if key not in ("output_dir", "smoke", "tpu", "multi_host")
     }
     # A checkpoint's optimizer state loads only into the backend that wrote
     # it, so the backend is part of the recipe.
-    recipe.update(num_classes=num_classes, updates=updates,
-                  backend=keras.backend.backend())
+    recipe.update(
+        num_classes=num_classes,
+        updates=updates,
+        backend=keras.backend.backend(),
+    )
     if context.is_chief:
         check_output_dir(args, recipe)
         write_json(os.path.join(args.output_dir, "run_config.json"), recipe)
@@ -377,8 +491,10 @@ def train(args):
             f"{loops} loops of {args.steps_per_loop} steps"
         )
         if state:
-            print(f"Resuming after loop {done_loops} (step {start_step}) "
-                  f"from {checkpoint_dir}")
+            print(
+                f"Resuming after loop {done_loops} (step {start_step}) "
+                f"from {checkpoint_dir}"
+            )
 
     callbacks = [
         # First, so that the other callbacks see the restored model.
@@ -398,8 +514,9 @@ def train(args):
             # effective rank (at most c - 1) and latent_std.
             keras_dsd.callbacks.LatentCollapseMonitor(),
             keras_dsd.callbacks.SampleGrid(
-                os.path.join(args.output_dir, "samples",
-                             "loop_{epoch:05d}.png"),
+                os.path.join(
+                    args.output_dir, "samples", "loop_{epoch:05d}.png"
+                ),
                 class_labels=classes * 2,
                 rows=2,
                 every_n_epochs=args.sample_every,
@@ -409,10 +526,12 @@ def train(args):
             ),
         ]
         if importlib.util.find_spec("tensorboard"):
-            callbacks.append(keras.callbacks.TensorBoard(
-                os.path.join(args.output_dir, "tensorboard"),
-                update_freq=min(100, args.steps_per_loop),
-            ))
+            callbacks.append(
+                keras.callbacks.TensorBoard(
+                    os.path.join(args.output_dir, "tensorboard"),
+                    update_freq=min(100, args.steps_per_loop),
+                )
+            )
         else:
             print("TensorBoard logs off: `pip install tensorboard` for them.")
     start = time.time()

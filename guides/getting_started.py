@@ -88,8 +88,10 @@ OUTPUT_DIR = os.path.join(
 os.makedirs(OUTPUT_DIR, exist_ok=True)
 keras.utils.set_random_seed(0)
 guide_start = time.time()
-print(f"Keras {keras.__version__} on {keras.backend.backend()}, keras_dsd "
-      f"{keras_dsd.__version__}; fast mode: {FAST}; outputs in {OUTPUT_DIR}")
+print(
+    f"Keras {keras.__version__} on {keras.backend.backend()}, keras_dsd "
+    f"{keras_dsd.__version__}; fast mode: {FAST}; outputs in {OUTPUT_DIR}"
+)
 
 """
 ## The data
@@ -209,8 +211,12 @@ Training prints a `RuntimeWarning` if the collapse monitor fires.
 class LatentHealthLog(keras.callbacks.Callback):
     """Prints the mean of the logged metrics over every `every` steps."""
 
-    KEYS = ("reconstruction_loss", "diffusion_loss", "latent_std",
-            "latent_effective_rank")
+    KEYS = (
+        "reconstruction_loss",
+        "diffusion_loss",
+        "latent_std",
+        "latent_effective_rank",
+    )
 
     def __init__(self, every):
         super().__init__()
@@ -229,7 +235,7 @@ class LatentHealthLog(keras.callbacks.Callback):
         self.steps.append(values)
         step = len(self.steps)
         if step == 1 or step % self.every == 0:
-            window = self.steps[-self.every:] if step > 1 else self.steps
+            window = self.steps[-self.every :] if step > 1 else self.steps
             means = {k: np.mean([v[k] for v in window]) for k in self.KEYS}
             print(
                 f"step {step:4d} | reconstruction {means[self.KEYS[0]]:.4f} "
@@ -251,18 +257,18 @@ model.fit(
     verbose=0,
     callbacks=[
         keras_dsd.callbacks.TimeLimit(minutes=10),  # a safety cap
-        keras_dsd.callbacks.LatentCollapseMonitor(
-            min_rank=2.0, patience=25
-        ),
+        keras_dsd.callbacks.LatentCollapseMonitor(min_rank=2.0, patience=25),
         keras.callbacks.TerminateOnNaN(),
         health,
     ],
 )
 train_seconds = time.time() - start
 num_steps_trained = len(health.steps)
-print(f"Trained {num_steps_trained} steps in {train_seconds / 60:.1f} min "
-      f"({num_steps_trained / train_seconds:.2f} steps/s, compilation "
-      "included).")
+print(
+    f"Trained {num_steps_trained} steps in {train_seconds / 60:.1f} min "
+    f"({num_steps_trained / train_seconds:.2f} steps/s, compilation "
+    "included)."
+)
 
 """
 A full run here (JAX on a 2-core CPU, other jobs sharing it) trained its
@@ -317,8 +323,9 @@ samples = model.generate(
     sampler="heun",
     seed=0,
 )
-print(f"Generated {samples.shape} {samples.dtype} in "
-      f"{time.time() - start:.1f} s")
+print(
+    f"Generated {samples.shape} {samples.dtype} in {time.time() - start:.1f} s"
+)
 keras_dsd.utils.image_grid.save_image_grid(
     samples, os.path.join(OUTPUT_DIR, "samples.png"), rows=10, scale=2
 )
@@ -361,19 +368,30 @@ round_trip = np.concatenate(
 latents = model.encode(round_trip)
 reconstructions = model.decode(latents)
 psnr = keras_dsd.metrics.psnr(round_trip, reconstructions)
-print(f"latents {latents.shape} {latents.dtype}; reconstruction PSNR "
-      f"{psnr:.2f} dB on {len(round_trip)} digits")
-print(f"latent_std {float(keras_dsd.metrics.latent_std(latents)):.3f}, "
-      "effective rank "
-      f"{float(keras_dsd.metrics.effective_rank(latents)):.2f}")
+print(
+    f"latents {latents.shape} {latents.dtype}; reconstruction PSNR "
+    f"{psnr:.2f} dB on {len(round_trip)} digits"
+)
+print(
+    f"latent_std {float(keras_dsd.metrics.latent_std(latents)):.3f}, "
+    "effective rank "
+    f"{float(keras_dsd.metrics.effective_rank(latents)):.2f}"
+)
 
 # Two digits of each class: classes 0-4 above their reconstructions, then
 # classes 5-9 above theirs.
-shown = np.concatenate([np.arange(c * per_class, c * per_class + 2)
-                        for c in range(10)])
+shown = np.concatenate(
+    [np.arange(c * per_class, c * per_class + 2) for c in range(10)]
+)
 keras_dsd.utils.image_grid.save_image_grid(
-    np.concatenate([round_trip[shown[:10]], reconstructions[shown[:10]],
-                    round_trip[shown[10:]], reconstructions[shown[10:]]]),
+    np.concatenate(
+        [
+            round_trip[shown[:10]],
+            reconstructions[shown[:10]],
+            round_trip[shown[10:]],
+            reconstructions[shown[10:]],
+        ]
+    ),
     os.path.join(OUTPUT_DIR, "reconstructions.png"),
     rows=4,
     scale=2,
@@ -422,11 +440,15 @@ from_keras_file = keras.saving.load_model(keras_path)
 from_preset = keras_dsd.models.DSDImageGenerator.from_preset(preset_dir)
 check_labels = [3, 7]
 original = model.generate(check_labels, num_steps=SAMPLER_STEPS, seed=1)
-for name, reloaded in (("load_model", from_keras_file),
-                       ("from_preset", from_preset)):
+for name, reloaded in (
+    ("load_model", from_keras_file),
+    ("from_preset", from_preset),
+):
     again = reloaded.generate(check_labels, num_steps=SAMPLER_STEPS, seed=1)
-    print(f"{name}: same samples as the trained model: "
-          f"{np.array_equal(original, again)}")
+    print(
+        f"{name}: same samples as the trained model: "
+        f"{np.array_equal(original, again)}"
+    )
     assert np.array_equal(original, again)
 
 """
@@ -463,8 +485,11 @@ print(f"{keras.backend.backend()}: decoded {sys.argv[2]}")
 other_backend = next(
     (
         name
-        for name, module in (("torch", "torch"), ("jax", "jax"),
-                             ("tensorflow", "tensorflow"))
+        for name, module in (
+            ("torch", "torch"),
+            ("jax", "jax"),
+            ("tensorflow", "tensorflow"),
+        )
         if name != keras.backend.backend()
         and importlib.util.find_spec(module) is not None
     ),
@@ -477,17 +502,25 @@ else:
     decoded_path = os.path.join(OUTPUT_DIR, f"decoded_{other_backend}.npy")
     np.save(latents_path, latents)
     subprocess.run(
-        [sys.executable, "-c", OTHER_BACKEND_SCRIPT, preset_dir,
-         latents_path, decoded_path],
+        [
+            sys.executable,
+            "-c",
+            OTHER_BACKEND_SCRIPT,
+            preset_dir,
+            latents_path,
+            decoded_path,
+        ],
         env={**os.environ, "KERAS_BACKEND": other_backend},
         check=True,
     )
     difference = np.abs(
         np.load(decoded_path).astype("int16") - reconstructions.astype("int16")
     )
-    print(f"{keras.backend.backend()} vs {other_backend}: "
-          f"{np.count_nonzero(difference)} of {difference.size} pixel values "
-          f"differ, by at most {difference.max()} of 255")
+    print(
+        f"{keras.backend.backend()} vs {other_backend}: "
+        f"{np.count_nonzero(difference)} of {difference.size} pixel values "
+        f"differ, by at most {difference.max()} of 255"
+    )
 
 """
 In the full run the PyTorch process decoded the JAX latents to exactly the
@@ -495,8 +528,10 @@ same pixels: 0 of the 307,200 pixel values differed. In general expect
 agreement up to float32 rounding, i.e. an occasional pixel off by one.
 """
 
-print(f"\nGuide finished in {(time.time() - guide_start) / 60:.1f} min; "
-      f"outputs in {os.path.abspath(OUTPUT_DIR)}")
+print(
+    f"\nGuide finished in {(time.time() - guide_start) / 60:.1f} min; "
+    f"outputs in {os.path.abspath(OUTPUT_DIR)}"
+)
 
 """
 ## Lessons learned

@@ -87,8 +87,10 @@ MODES = tuple(objectives.OBJECTIVES)
 # clipnorm 1) with the library's default objective settings.
 RECIPE = keras_dsd.recipes.get("digits_collapse_study")
 guide_start = time.time()
-print(f"Keras {keras.__version__} on {keras.backend.backend()}, keras_dsd "
-      f"{keras_dsd.__version__}; fast mode: {FAST}; outputs in {OUTPUT_DIR}")
+print(
+    f"Keras {keras.__version__} on {keras.backend.backend()}, keras_dsd "
+    f"{keras_dsd.__version__}; fast mode: {FAST}; outputs in {OUTPUT_DIR}"
+)
 
 """
 ## Cause 1: the velocity loss rewards small latents
@@ -155,9 +157,7 @@ n, c, t = 20000, 8, 0.5
 # Latents that use 2 of the 8 directions, with a total variance of 8 like
 # the library's latents (each token is normalised to unit variance).
 basis = np.linalg.qr(rng.standard_normal((c, 2)))[0].T  # 2 orthonormal rows
-z = ops.convert_to_tensor(
-    2.0 * rng.standard_normal((n, 2)) @ basis, "float32"
-)
+z = ops.convert_to_tensor(2.0 * rng.standard_normal((n, 2)) @ basis, "float32")
 eps = ops.convert_to_tensor(rng.standard_normal((n, c)), "float32")
 z_t = t * z + (1 - t) * eps
 cov_z = ops.matmul(ops.transpose(z), z) / n
@@ -172,8 +172,10 @@ def describe(name, x):
     eigenvalues = keras_dsd.metrics.covariance_eigenvalues(x)
     used = int(ops.sum(eigenvalues > 0.01 * ops.max(eigenvalues)))
     rank = float(keras_dsd.metrics.effective_rank(x))
-    print(f"{name:40s} effective rank {rank:.2f}, directions with more "
-          f"than 1% of the top variance: {used} of {c}")
+    print(
+        f"{name:40s} effective rank {rank:.2f}, directions with more "
+        f"than 1% of the top variance: {used} of {c}"
+    )
 
 
 describe("the latents z", z)
@@ -221,10 +223,14 @@ v = (z_hat - z_t) / (1 - t3)
 velocity_loss = ops.mean(ops.square(v - (z - eps)), axis=(1, 2))
 clean_loss = ops.mean(ops.square(z_hat - z), axis=(1, 2)) / (1 - t) ** 2
 print("t:                           ", np.round(ops.convert_to_numpy(t), 3))
-print("|v - (z - eps)|^2:           ",
-      np.round(ops.convert_to_numpy(velocity_loss), 4))
-print("|z_hat - z|^2 / (1 - t)^2:   ",
-      np.round(ops.convert_to_numpy(clean_loss), 4))
+print(
+    "|v - (z - eps)|^2:           ",
+    np.round(ops.convert_to_numpy(velocity_loss), 4),
+)
+print(
+    "|z_hat - z|^2 / (1 - t)^2:   ",
+    np.round(ops.convert_to_numpy(clean_loss), 4),
+)
 relative = ops.max(ops.abs(velocity_loss - clean_loss) / clean_loss)
 print(f"largest relative difference:  {float(relative):.1e}")
 
@@ -232,8 +238,7 @@ print(f"largest relative difference:  {float(relative):.1e}")
 # z - eps, "dsd" scores z_hat against z with the weight 1 / max(1 - t, t_min)^2.
 decoupled = objectives.diffusion_loss("decoupled", v, z, z, eps, t, 0.05)
 dsd = objectives.diffusion_loss("dsd", z_hat, z, z, eps, t, 0.05)
-print(f"library losses: decoupled {float(decoupled):.4f}, "
-      f"dsd {float(dsd):.4f}")
+print(f"library losses: decoupled {float(decoupled):.4f}, dsd {float(dsd):.4f}")
 assert float(relative) < 1e-4
 assert abs(float(decoupled) - float(dsd)) < 1e-4 * float(dsd)
 
@@ -316,9 +321,7 @@ class LatentCurves(keras.callbacks.Callback):
 
 def train(objective):
     keras.utils.set_random_seed(0)  # same weights and data order per mode
-    backbone = keras_dsd.models.DSDBackbone.from_preset(
-        "dsd_tiny", **OVERRIDES
-    )
+    backbone = keras_dsd.models.DSDBackbone.from_preset("dsd_tiny", **OVERRIDES)
     compile_options = {}
     if FAST and keras.backend.backend() == "tensorflow":
         # A handful of steps run faster eagerly than XLA compiles them.
@@ -343,10 +346,13 @@ def train(objective):
     )
     minutes = (time.time() - start) / 60
     # Which metrics raised the alarm, and at which step.
-    alarms = ", ".join(
-        f"{alarm['metric']} at step {alarm['step']}"
-        for alarm in monitor.alarms
-    ) or "none"
+    alarms = (
+        ", ".join(
+            f"{alarm['metric']} at step {alarm['step']}"
+            for alarm in monitor.alarms
+        )
+        or "none"
+    )
     return model, curves.curves, alarms, minutes
 
 
@@ -399,9 +405,11 @@ seen, and the metrics of the held-out digits' latents.
 """
 
 channels = model.backbone.latent_channels
-print(f"\n| objective | steps | latent_std start -> end | effective rank "
-      f"start -> end (max {channels - 1}) | min rank | held-out latent_std | "
-      "held-out rank | held-out PSNR (dB) | alarm |")
+print(
+    f"\n| objective | steps | latent_std start -> end | effective rank "
+    f"start -> end (max {channels - 1}) | min rank | held-out latent_std | "
+    "held-out rank | held-out PSNR (dB) | alarm |"
+)
 print("|---|---|---|---|---|---|---|---|---|")
 for objective, r in results.items():
     print(
@@ -415,14 +423,15 @@ figure = Figure(figsize=(10, 3.8), dpi=100)
 FigureCanvasAgg(figure)
 rank_axis, std_axis = figure.subplots(1, 2)
 for objective, r in results.items():
-    for axis, key in ((rank_axis, "latent_effective_rank"),
-                      (std_axis, "latent_std")):
+    for axis, key in (
+        (rank_axis, "latent_effective_rank"),
+        (std_axis, "latent_std"),
+    ):
         values = np.asarray(r["curves"][key])
         window = min(10, len(values))  # a 10-step moving average
         smooth = np.convolve(values, np.ones(window) / window, "valid")
         axis.plot(np.arange(window, len(values) + 1), smooth, label=objective)
-rank_axis.axhline(channels - 1, color="gray", linestyle="--",
-                  linewidth=0.8)
+rank_axis.axhline(channels - 1, color="gray", linestyle="--", linewidth=0.8)
 rank_axis.set_ylim(0, channels - 0.5)
 rank_axis.set_title(f"latent_effective_rank (max {channels - 1})")
 std_axis.set_yscale("log")
@@ -532,8 +541,10 @@ for objective in MODES:
         rows=10,
         scale=2,
     )
-print(f"\nGuide finished in {(time.time() - guide_start) / 60:.1f} min; "
-      f"outputs in {os.path.abspath(OUTPUT_DIR)}")
+print(
+    f"\nGuide finished in {(time.time() - guide_start) / 60:.1f} min; "
+    f"outputs in {os.path.abspath(OUTPUT_DIR)}"
+)
 
 """
 The reconstructions of the full run:

@@ -67,8 +67,10 @@ OUTPUT_DIR = os.path.join(
 )
 os.makedirs(OUTPUT_DIR, exist_ok=True)
 guide_start = time.time()
-print(f"Keras {keras.__version__} on {keras.backend.backend()}; fast mode: "
-      f"{FAST}; outputs in {OUTPUT_DIR}")
+print(
+    f"Keras {keras.__version__} on {keras.backend.backend()}; fast mode: "
+    f"{FAST}; outputs in {OUTPUT_DIR}"
+)
 
 """
 ## The data
@@ -128,19 +130,27 @@ Both are checked here on the digits.
 batch_size = 8
 stream = folder.as_dataset(32, batch_size, seed=0)
 straight = [batch for _, batch in zip(range(4), stream.as_numpy_iterator())]
-resumed = next(folder.as_dataset(32, batch_size, seed=0, start_step=3)
-               .as_numpy_iterator())
-print("resumed batch == straight batch 3:",
-      np.array_equal(resumed[0], straight[3][0])
-      and np.array_equal(resumed[1], straight[3][1]))
+resumed = next(
+    folder.as_dataset(32, batch_size, seed=0, start_step=3).as_numpy_iterator()
+)
+print(
+    "resumed batch == straight batch 3:",
+    np.array_equal(resumed[0], straight[3][0])
+    and np.array_equal(resumed[1], straight[3][1]),
+)
 shards = [
-    next(folder.as_dataset(32, batch_size // 2, seed=0, num_shards=2,
-                           shard_index=i).as_numpy_iterator())
+    next(
+        folder.as_dataset(
+            32, batch_size // 2, seed=0, num_shards=2, shard_index=i
+        ).as_numpy_iterator()
+    )
     for i in range(2)
 ]
 union = sorted(np.concatenate([s[1] for s in shards]).tolist())
-print("shard union == global batch 0 (labels):",
-      union == sorted(straight[0][1].tolist()))
+print(
+    "shard union == global batch 0 (labels):",
+    union == sorted(straight[0][1].tolist()),
+)
 
 """
 ## The recipe and the presets
@@ -155,9 +165,11 @@ parameter counts, as recorded in their metadata and checked by the tests:
 
 for name, preset in keras_dsd.models.presets.items():
     config, metadata = preset["config"], preset["metadata"]
-    print(f"{name:9s} {metadata['params']:>12,} parameters  "
-          f"{config['image_size']}px patch {config['patch_size']} "
-          f"D={config['hidden_dim']} L={config['num_layers']}")
+    print(
+        f"{name:9s} {metadata['params']:>12,} parameters  "
+        f"{config['image_size']}px patch {config['patch_size']} "
+        f"D={config['hidden_dim']} L={config['num_layers']}"
+    )
 
 """
 The paper's totals are 42M, 118M and 205M for S, M and B; the presets land
@@ -217,19 +229,43 @@ run_dir = os.path.join(OUTPUT_DIR, f"run_{keras.backend.backend()}")
 shutil.rmtree(run_dir, ignore_errors=True)
 steps, loop = (6, 2) if FAST else (400, 100)
 command = [
-    sys.executable, TRAIN_SCRIPT,
-    "--source", "folder", "--data-dir", data_dir,
-    "--preset", "dsd_tiny", "--image-size", "32", "--num-classes", "10",
-    "--global-batch-size", "32", "--steps", str(steps),
-    "--steps-per-loop", str(loop), "--sample-every", "1",
-    "--sample-steps", "2" if FAST else "16",
-    "--learning-rate", "2e-3", "--warmup-steps", "0" if FAST else "100",
-    "--time-distribution", "uniform", "--t-min", "0.25",
-    "--output-dir", run_dir,
+    sys.executable,
+    TRAIN_SCRIPT,
+    "--source",
+    "folder",
+    "--data-dir",
+    data_dir,
+    "--preset",
+    "dsd_tiny",
+    "--image-size",
+    "32",
+    "--num-classes",
+    "10",
+    "--global-batch-size",
+    "32",
+    "--steps",
+    str(steps),
+    "--steps-per-loop",
+    str(loop),
+    "--sample-every",
+    "1",
+    "--sample-steps",
+    "2" if FAST else "16",
+    "--learning-rate",
+    "2e-3",
+    "--warmup-steps",
+    "0" if FAST else "100",
+    "--time-distribution",
+    "uniform",
+    "--t-min",
+    "0.25",
+    "--output-dir",
+    run_dir,
 ]
 state_file = os.path.join(run_dir, "checkpoints", "checkpoint.json")
-first = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+first = subprocess.Popen(
+    command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+)
 while first.poll() is None and not os.path.exists(state_file):
     time.sleep(0.5)
 first.kill()
@@ -299,14 +335,26 @@ passed as an `.npz` of uint8 images (a folder of images works too).
 eval_dir = os.path.join(OUTPUT_DIR, f"evaluate_{keras.backend.backend()}")
 shutil.rmtree(eval_dir, ignore_errors=True)
 reference = os.path.join(OUTPUT_DIR, "reference_digits.npz")
-np.savez(reference, arr_0=images[::100 if FAST else 10])
+np.savez(reference, arr_0=images[:: 100 if FAST else 10])
 evaluate = subprocess.run(
-    [sys.executable, EVALUATE_SCRIPT, "--preset",
-     os.path.join(run_dir, "preset"), "--num-samples", "20" if FAST else
-     "100", "--num-steps", "2" if FAST else "16", "--reference", reference,
-     "--metrics", "fd-effnet",
-     "--output-dir", eval_dir],
-    capture_output=True, text=True,
+    [
+        sys.executable,
+        EVALUATE_SCRIPT,
+        "--preset",
+        os.path.join(run_dir, "preset"),
+        "--num-samples",
+        "20" if FAST else "100",
+        "--num-steps",
+        "2" if FAST else "16",
+        "--reference",
+        reference,
+        "--metrics",
+        "fd-effnet",
+        "--output-dir",
+        eval_dir,
+    ],
+    capture_output=True,
+    text=True,
 )
 print(evaluate.stdout[-1500:])
 if evaluate.returncode:

@@ -58,7 +58,11 @@ LATENT_KEYS = ("latent_effective_rank", "latent_std")
 
 def train(model, images, labels, batch_size):
     history = model.fit(
-        images, labels, batch_size=batch_size, epochs=1, shuffle=False,
+        images,
+        labels,
+        batch_size=batch_size,
+        epochs=1,
+        shuffle=False,
         verbose=0,
     )
     latent = {key: float(history.history[key][0]) for key in LATENT_KEYS}
@@ -68,8 +72,11 @@ def train(model, images, labels, batch_size):
 def weights(model):
     return [
         np.asarray(keras.ops.convert_to_numpy(w))
-        for network in (model.backbone, model.teacher_backbone,
-                        model.ema_backbone)
+        for network in (
+            model.backbone,
+            model.teacher_backbone,
+            model.ema_backbone,
+        )
         for w in network.weights
     ]
 
@@ -80,8 +87,7 @@ def main(output_path):
 
     single = make_model()
     initial = weights(single)
-    single_loss, single_latent = train(single, images, labels,
-                                       GLOBAL_BATCH)
+    single_loss, single_latent = train(single, images, labels, GLOBAL_BATCH)
 
     devices = ["/cpu:0", "/cpu:1"] if BACKEND == "tensorflow" else None
     context = distribution.setup_data_parallel(devices=devices)
@@ -94,14 +100,15 @@ def main(output_path):
     # Each process reads its shard: element i of a global batch goes to
     # process i % num_processes (`ImageFolder.as_dataset`'s convention).
     shard = np.arange(len(images)).reshape(STEPS, GLOBAL_BATCH)
-    shard = shard[:, context.process_index::context.data_shards].ravel()
-    multi_loss, multi_latent = train(multi, images[shard], labels[shard],
-                                     batch_size)
+    shard = shard[:, context.process_index :: context.data_shards].ravel()
+    multi_loss, multi_latent = train(
+        multi, images[shard], labels[shard], batch_size
+    )
 
-    diff = max(np.abs(a - b).max() for a, b in zip(weights(multi),
-                                                     weights(single)))
-    moved = max(np.abs(a - b).max() for a, b in zip(weights(single),
-                                                      initial))
+    diff = max(
+        np.abs(a - b).max() for a, b in zip(weights(multi), weights(single))
+    )
+    moved = max(np.abs(a - b).max() for a, b in zip(weights(single), initial))
     summary = {
         "backend": BACKEND,
         "description": context.description,
@@ -123,8 +130,7 @@ def main(output_path):
         loss = torch.tensor([multi_loss])
         dist.all_reduce(loss)
         summary["multi_loss"] = float(loss[0]) / context.num_processes
-        mine = torch.tensor(np.concatenate([w.ravel() for w in
-                                            weights(multi)]))
+        mine = torch.tensor(np.concatenate([w.ravel() for w in weights(multi)]))
         first = mine.clone()
         dist.broadcast(first, src=0)
         summary["max_difference_between_processes"] = float(

@@ -36,8 +36,14 @@ def _run(tmp_path):
         )
     if BACKEND == "torch":
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc_per_node", "2", WORKER, str(out),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            WORKER,
+            str(out),
         ]
     result = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=600
@@ -59,8 +65,8 @@ def test_two_devices_match_one_device(tmp_path):
     # and 2 devices log the same values (per-replica slices would give a
     # different effective rank).
     for key, value in summary["single_latent"].items():
-        assert summary["multi_latent"][key] == pytest.approx(
-            value, rel=1e-4
-        ), key
+        assert summary["multi_latent"][key] == pytest.approx(value, rel=1e-4), (
+            key
+        )
     if BACKEND == "torch":
         assert summary["max_difference_between_processes"] == 0.0

@@ -57,7 +57,8 @@ def reference_digits():
 
 def output_npzs(folder):
     return sorted(
-        name for name in os.listdir(folder)
+        name
+        for name in os.listdir(folder)
         if name.endswith(".npz") or name.startswith(".tmp-")
     )
 
@@ -76,19 +77,29 @@ def test_evaluate_smoke_resume_and_atomic_export(
     base = ["--model", model_path, "--smoke", "--output-dir", str(out)]
 
     # 1. Generate, export, score against a folder, write the statistics.
-    assert module.main(base + [
-        "--reference", str(reference_dir),
-        "--metrics", "fd-effnet,precision-recall",
-        "--write-reference-stats", str(stats),
-    ]) == 0
+    assert (
+        module.main(
+            base
+            + [
+                "--reference",
+                str(reference_dir),
+                "--metrics",
+                "fd-effnet,precision-recall",
+                "--write-reference-stats",
+                str(stats),
+            ]
+        )
+        == 0
+    )
     samples_path = out / "samples_20x32x32x3.npz"
     with np.load(samples_path) as data:
         assert sorted(data.files) == ["arr_0", "arr_1"]
         samples, labels = data["arr_0"], data["arr_1"]
     assert samples.dtype == np.uint8 and samples.shape == (20, 32, 32, 3)
     np.testing.assert_array_equal(np.bincount(labels), np.full(10, 2))
-    chunk0, chunk1 = out / "chunks" / "chunk_00000.npz", (
-        out / "chunks" / "chunk_00001.npz"
+    chunk0, chunk1 = (
+        out / "chunks" / "chunk_00000.npz",
+        (out / "chunks" / "chunk_00001.npz"),
     )
     assert chunk0.is_file() and chunk1.is_file()
     first = json.loads((out / "metrics.json").read_text())
@@ -166,28 +177,52 @@ def test_bad_reference_layouts_fail_early(tmp_path, saved_model):
         path = tmp_path / f"{name}.npz"
         np.savez(path, **arrays)
         with pytest.raises(ValueError, match=message):
-            module.main([
-                "--model", str(saved_model / "model.keras"), "--smoke",
-                "--output-dir", str(out), "--reference", str(path),
-            ])
+            module.main(
+                [
+                    "--model",
+                    str(saved_model / "model.keras"),
+                    "--smoke",
+                    "--output-dir",
+                    str(out),
+                    "--reference",
+                    str(path),
+                ]
+            )
         assert not (out / "chunks").exists()
         assert output_npzs(out) == []
     (tmp_path / "not_npz.npz").write_text("hello")
     with pytest.raises(ValueError, match="not an .npz"):
-        module.main([
-            "--model", str(saved_model / "model.keras"),
-            "--output-dir", str(out), "--reference",
-            str(tmp_path / "not_npz.npz"),
-        ])
+        module.main(
+            [
+                "--model",
+                str(saved_model / "model.keras"),
+                "--output-dir",
+                str(out),
+                "--reference",
+                str(tmp_path / "not_npz.npz"),
+            ]
+        )
     assert output_npzs(out) == []
 
 
 def test_evaluate_preset_folder(tmp_path, saved_model):
     out = tmp_path / "eval"
-    assert load_example().main([
-        "--preset", str(saved_model / "preset"), "--smoke", "--metrics",
-        "none", "--output-dir", str(out), "--sampler", "euler",
-    ]) == 0
+    assert (
+        load_example().main(
+            [
+                "--preset",
+                str(saved_model / "preset"),
+                "--smoke",
+                "--metrics",
+                "none",
+                "--output-dir",
+                str(out),
+                "--sampler",
+                "euler",
+            ]
+        )
+        == 0
+    )
     with np.load(out / "samples_20x32x32x3.npz") as data:
         assert data["arr_0"].shape == (20, 32, 32, 3)
         assert data["arr_0"].dtype == np.uint8
@@ -199,8 +234,10 @@ def test_evaluate_flag_errors(capsys, tmp_path, saved_model):
     module = load_example()
     model = str(saved_model / "model.keras")
     for argv, message in (
-        (["--model", model, "--reference", "r.npz", "--metrics", "fid"],
-         "--inception-weights"),
+        (
+            ["--model", model, "--reference", "r.npz", "--metrics", "fid"],
+            "--inception-weights",
+        ),
         (["--model", model, "--metrics", "is"], "--inception-weights"),
         (["--model", model, "--metrics", "fd-effnet"], "--reference"),
         (["--model", model, "--metrics", "kid"], "unknown metric"),
@@ -213,11 +250,20 @@ def test_evaluate_flag_errors(capsys, tmp_path, saved_model):
         assert exit.value.code == 2
         assert message in capsys.readouterr().err, argv
     with pytest.raises(ValueError, match="not a multiple"):
-        module.main(["--model", model, "--num-samples", "15",
-                     "--output-dir", str(tmp_path / "e")])
+        module.main(
+            [
+                "--model",
+                model,
+                "--num-samples",
+                "15",
+                "--output-dir",
+                str(tmp_path / "e"),
+            ]
+        )
     with pytest.raises(ValueError, match="save_to_preset"):
-        module.main(["--preset", "dsd_tiny", "--output-dir",
-                     str(tmp_path / "e")])
+        module.main(
+            ["--preset", "dsd_tiny", "--output-dir", str(tmp_path / "e")]
+        )
 
 
 @pytest.mark.large
@@ -226,11 +272,24 @@ def test_evaluate_fid_and_is_with_random_inception(tmp_path, saved_model):
     reference = tmp_path / "reference.npz"
     np.savez(reference, arr_0=images[:20])
     out = tmp_path / "eval"
-    assert load_example().main([
-        "--model", str(saved_model / "model.keras"), "--smoke",
-        "--output-dir", str(out), "--reference", str(reference),
-        "--metrics", "fid,is", "--inception-weights", "random",
-    ]) == 0
+    assert (
+        load_example().main(
+            [
+                "--model",
+                str(saved_model / "model.keras"),
+                "--smoke",
+                "--output-dir",
+                str(out),
+                "--reference",
+                str(reference),
+                "--metrics",
+                "fid,is",
+                "--inception-weights",
+                "random",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(result["metrics"]["FID"])
     assert result["metrics"]["IS"] >= 1.0

@@ -36,8 +36,12 @@ def table_rows(markdown):
 def test_latent_collapse_smoke(tmp_path):
     out = tmp_path / "study"
     assert load_example().main(["--smoke", "--output-dir", str(out)]) == 0
-    for name in ("results.md", "results.json", "latent_collapse.png",
-                 *(f"samples_{mode}.png" for mode in MODES)):
+    for name in (
+        "results.md",
+        "results.json",
+        "latent_collapse.png",
+        *(f"samples_{mode}.png" for mode in MODES),
+    ):
         assert (out / name).is_file(), name
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
 
@@ -51,9 +55,10 @@ def test_latent_collapse_smoke(tmp_path):
         steps, rank, min_rank = values[0], values[2], values[3]
         assert steps == 3 and 1.0 <= min_rank <= rank + 1e-6
         assert 0.0 <= values[7] <= 1.0  # class accuracy
-    assert "trained by this script on the held-out digits" in (
-        out / "results.md"
-    ).read_text()
+    assert (
+        "trained by this script on the held-out digits"
+        in (out / "results.md").read_text()
+    )
 
     # The JSON: per-step curves of every mode.
     summary = json.loads((out / "results.json").read_text())
@@ -89,7 +94,7 @@ def test_curve_recorder_recovers_per_step_values():
     values = [[4.0, 2.0, 6.0], [3.0, 5.0]]  # two epochs
     for epoch in values:
         for batch, value in enumerate(epoch):
-            mean = float(np.mean(epoch[:batch + 1]))
+            mean = float(np.mean(epoch[: batch + 1]))
             recorder.on_train_batch_end(
                 batch, {"latent_effective_rank": mean, "latent_std": mean}
             )
@@ -101,10 +106,11 @@ def test_curve_recorder_recovers_per_step_values():
 
 def test_latent_collapse_rejects_bad_flags(capsys):
     module = load_example()
-    for argv, flag in ((["--modes", "naive,vae"], "--modes"),
-                       (["--steps", "0"], "--steps"),
-                       (["--heldout-per-class", "500"],
-                        "--heldout-per-class")):
+    for argv, flag in (
+        (["--modes", "naive,vae"], "--modes"),
+        (["--steps", "0"], "--steps"),
+        (["--heldout-per-class", "500"], "--heldout-per-class"),
+    ):
         with pytest.raises(SystemExit) as exit:
             module.parse_args(argv)
         assert exit.value.code == 2

@@ -119,6 +119,6 @@ RECIPE_LITERALS = [
 @pytest.mark.parametrize("path", DIGITS_USERS)
 def test_digits_users_build_from_the_recipe(path):
     source = (ROOT / path).read_text()
-    assert "recipes.get(\"digits" in source
+    assert 'recipes.get("digits' in source
     copies = [literal for literal in RECIPE_LITERALS if literal in source]
     assert copies == []

@@ -12,8 +12,9 @@ STUDY = os.path.join(
 )
 
 # A network far smaller than dsd_tiny: the test checks the bookkeeping.
-SMALL = {"backbone_overrides": {"hidden_dim": 16, "num_layers": 1,
-                                "num_heads": 2}}
+SMALL = {
+    "backbone_overrides": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2}
+}
 CONFIGS = {
     "small": SMALL,
     # A learning rate this large sends the weights to ~1e30 after one
@@ -31,10 +32,25 @@ def load_study():
 
 def study_args(results_dir, only, seeds):
     return [
-        "train", "--results-dir", str(results_dir), "--only", only,
-        "--seeds", seeds, "--steps", "3", "--samples-per-class", "2",
-        "--classifier-epochs", "1", "--subsample", "40",
-        "--guidance-scales", "", "--config-json", json.dumps(CONFIGS),
+        "train",
+        "--results-dir",
+        str(results_dir),
+        "--only",
+        only,
+        "--seeds",
+        seeds,
+        "--steps",
+        "3",
+        "--samples-per-class",
+        "2",
+        "--classifier-epochs",
+        "1",
+        "--subsample",
+        "40",
+        "--guidance-scales",
+        "",
+        "--config-json",
+        json.dumps(CONFIGS),
     ]
 
 
@@ -68,11 +84,15 @@ def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
     # they must not be trained again.
     finished = [
         {
-            "schema": study.SCHEMA, "kind": "train", "name": name,
+            "schema": study.SCHEMA,
+            "kind": "train",
+            "name": name,
             "key": study.run_key(
                 study.resolve_config(CONFIGS[name]), seed, {"steps": 3}
             ),
-            "seed": seed, "status": "ok", "marker": "earlier study",
+            "seed": seed,
+            "status": "ok",
+            "marker": "earlier study",
         }
         for name, seed in (("small", 0), ("diverges", 1))
     ]
@@ -119,25 +139,49 @@ def test_report_gives_mean_and_spread_over_seeds(tmp_path, capsys):
     with open(path, "w") as f:
         for seed, accuracy in enumerate(accuracies):
             record = {
-                "schema": study.SCHEMA, "kind": "train", "name": "defaults",
-                "key": f"k/{seed}", "seed": seed, "budget": {"steps": 9},
-                "status": "ok", "steps": 9, "train_seconds": 1.0,
+                "schema": study.SCHEMA,
+                "kind": "train",
+                "name": "defaults",
+                "key": f"k/{seed}",
+                "seed": seed,
+                "budget": {"steps": 9},
+                "status": "ok",
+                "steps": 9,
+                "train_seconds": 1.0,
                 "scoring": {"frechet_floor": 2.0},
-                "autoencoder": {"reconstruction_psnr_db": 20.0,
-                                "latent_effective_rank": 5.0,
-                                "latent_std": 1.0},
-                "evaluations": {"heun16_shift1_unguided": {
-                    "class_accuracy": accuracy, "frechet_distance": 5.0,
-                    "precision": 0.9, "recall": 0.4, "nfe": 31}},
+                "autoencoder": {
+                    "reconstruction_psnr_db": 20.0,
+                    "latent_effective_rank": 5.0,
+                    "latent_std": 1.0,
+                },
+                "evaluations": {
+                    "heun16_shift1_unguided": {
+                        "class_accuracy": accuracy,
+                        "frechet_distance": 5.0,
+                        "precision": 0.9,
+                        "recall": 0.4,
+                        "nfe": 31,
+                    }
+                },
             }
             f.write(json.dumps(record) + "\n")
-        failed = {"schema": study.SCHEMA, "kind": "train", "name": "defaults",
-                  "key": "k/3", "seed": 3, "budget": {"steps": 9},
-                  "status": "failed", "reason": "non-finite loss at step 1"}
+        failed = {
+            "schema": study.SCHEMA,
+            "kind": "train",
+            "name": "defaults",
+            "key": "k/3",
+            "seed": 3,
+            "budget": {"steps": 9},
+            "status": "failed",
+            "reason": "non-finite loss at step 1",
+        }
         f.write(json.dumps(failed) + "\n")
     assert study.main(["report", "--results-dir", str(tmp_path)]) == 0
-    row = [line for line in capsys.readouterr().out.splitlines()
-           if line.startswith("| defaults")][0]
+    row = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| defaults")
+    ][0]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[2] == "4 (1)"  # four seeds, one failed
     # mean 0.6, sample standard deviation 0.1 of (0.5, 0.7, 0.6)

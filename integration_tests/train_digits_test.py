@@ -37,8 +37,14 @@ def test_train_digits_smoke(tmp_path):
     out = tmp_path / "run"
     code = load_example().main(["--smoke", "--output-dir", str(out)])
     assert code == 0
-    for name in ("dsd_digits.keras", "samples.png", "samples_unguided.png",
-                 "reconstructions.png", "history.csv", "metrics.json"):
+    for name in (
+        "dsd_digits.keras",
+        "samples.png",
+        "samples_unguided.png",
+        "reconstructions.png",
+        "history.csv",
+        "metrics.json",
+    ):
         assert (out / name).is_file(), name
     for name in ("samples.png", "samples_unguided.png"):
         samples = np.asarray(Image.open(out / name))
@@ -47,12 +53,20 @@ def test_train_digits_smoke(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backend"] == keras.backend.backend()
     assert metrics["steps"] == 2 and metrics["guidance_scale"] == 3.0
-    for key in ("class_accuracy_samples", "class_accuracy_samples_unguided",
-                "classifier_accuracy_on_held_out_digits"):
+    for key in (
+        "class_accuracy_samples",
+        "class_accuracy_samples_unguided",
+        "classifier_accuracy_on_held_out_digits",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
-    for key in ("loss", "reconstruction_loss", "diffusion_loss",
-                "latent_std", "latent_effective_rank"):
+    for key in (
+        "loss",
+        "reconstruction_loss",
+        "diffusion_loss",
+        "latent_std",
+        "latent_effective_rank",
+    ):
         assert key in header
     model = keras.saving.load_model(out / "dsd_digits.keras")
     again = keras_dsd.models.DSDImageGenerator.from_preset(str(out / "preset"))
@@ -65,10 +79,15 @@ def test_train_digits_smoke(tmp_path):
 
 def test_train_digits_rejects_bad_flags(capsys):
     module = load_example()
-    for argv in (["--batch-size", "0"], ["--sampler", "ddim"],
-                 ["--objective", "vae"], ["--guidance-scale", "nan"],
-                 ["--label-dropout", "0"], ["--label-dropout", "1.5"],
-                 ["--classifier-epochs", "-1"]):
+    for argv in (
+        ["--batch-size", "0"],
+        ["--sampler", "ddim"],
+        ["--objective", "vae"],
+        ["--guidance-scale", "nan"],
+        ["--label-dropout", "0"],
+        ["--label-dropout", "1.5"],
+        ["--classifier-epochs", "-1"],
+    ):
         try:
             module.parse_args(argv)
         except SystemExit as exit:
@@ -78,6 +97,7 @@ def test_train_digits_rejects_bad_flags(capsys):
     err = capsys.readouterr().err
     assert "--batch-size" in err and "--label-dropout" in err
     # Without label dropout there is no null class to guide with.
-    args = module.parse_args(["--label-dropout", "0", "--guidance-scale",
-                              "none"])
+    args = module.parse_args(
+        ["--label-dropout", "0", "--guidance-scale", "none"]
+    )
     assert args.guidance_scale is None

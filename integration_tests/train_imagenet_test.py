@@ -30,8 +30,12 @@ def test_smoke_run_then_resume_longer(tmp_path):
     for name in ("loop_00001.png", "loop_00002.png"):
         with Image.open(os.path.join(out, "samples", name)) as grid:
             assert grid.mode == "RGB" and grid.size[0] > grid.size[1]
-    for name in ("run_config.json", "history.csv", "preset/config.json",
-                 "preset/task.weights.h5"):
+    for name in (
+        "run_config.json",
+        "history.csv",
+        "preset/config.json",
+        "preset/task.weights.h5",
+    ):
         assert os.path.exists(os.path.join(out, name)), name
     assert os.listdir(os.path.join(out, "tensorboard"))
 
@@ -56,14 +60,18 @@ def test_another_recipe_never_reuses_an_output_dir(tmp_path, capsys):
     previous = {"learning_rate": 0.0001, "preset": "dsd_tiny"}
     (out / "run_config.json").write_text(json.dumps(previous))
     (out / "checkpoints" / "notes.txt").write_text("earlier run")
-    code = example.main(["--smoke", "--output-dir", str(out),
-                         "--learning-rate", "0.1"])
+    code = example.main(
+        ["--smoke", "--output-dir", str(out), "--learning-rate", "0.1"]
+    )
     assert code == 2
     assert "learning_rate: 0.0001 -> 0.1" in capsys.readouterr().err
     assert json.loads((out / "run_config.json").read_text()) == previous
     assert (out / "checkpoints" / "notes.txt").read_text() == "earlier run"
-    assert sorted(os.listdir(out)) == ["checkpoints", "run_config.json",
-                                       "smoke_data"]
+    assert sorted(os.listdir(out)) == [
+        "checkpoints",
+        "run_config.json",
+        "smoke_data",
+    ]
 
     stranger = tmp_path / "other"
     stranger.mkdir()
@@ -89,17 +97,33 @@ def _folder(root, num_classes=3, per_class=2):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--image-size", "36"], "--image-size 36 is not divisible by the "
-                                 "patch size 8 of dsd_tiny"),
+        (
+            ["--image-size", "36"],
+            "--image-size 36 is not divisible by the patch size 8 of dsd_tiny",
+        ),
         (["--num-classes", "10"], "The data has 3 classes but the model 10"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, capsys, extra, message):
     data = _folder(tmp_path / "data")
-    argv = ["--source", "folder", "--data-dir", data, "--preset", "dsd_tiny",
-            "--image-size", "32", "--num-classes", "3",
-            "--global-batch-size", "2", "--steps", "1",
-            "--output-dir", str(tmp_path / "out")] + extra
+    argv = [
+        "--source",
+        "folder",
+        "--data-dir",
+        data,
+        "--preset",
+        "dsd_tiny",
+        "--image-size",
+        "32",
+        "--num-classes",
+        "3",
+        "--global-batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ] + extra
     assert load_example().main(argv) == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out" / "checkpoints")
@@ -107,13 +131,22 @@ def test_bad_input_fails_before_training(tmp_path, capsys, extra, message):
 
 def test_missing_data_dir_and_bad_flags(tmp_path, capsys):
     example = load_example()
-    argv = ["--source", "folder", "--data-dir", str(tmp_path / "nowhere"),
-            "--output-dir", str(tmp_path / "out")]
+    argv = [
+        "--source",
+        "folder",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     assert example.main(argv) == 2
     assert "nowhere" in capsys.readouterr().err
-    for bad in (["--sampler-typo"], ["--preset", "dsd_xl"],
-                ["--global-batch-size", "6", "--grad-accum", "4"],
-                ["--source", "folder"]):
+    for bad in (
+        ["--sampler-typo"],
+        ["--preset", "dsd_xl"],
+        ["--global-batch-size", "6", "--grad-accum", "4"],
+        ["--source", "folder"],
+    ):
         with pytest.raises(SystemExit) as info:
             example.parse_args(bad)
         assert info.value.code == 2

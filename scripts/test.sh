@@ -6,8 +6,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 status=0
-echo "=== ruff check ==="
+echo "=== ruff check, ruff format --check ==="
 .venv/bin/ruff check . || status=1
+.venv/bin/ruff format --check . || status=1
 for backend in ${BACKENDS:-tensorflow jax torch}; do
   echo "=== KERAS_BACKEND=$backend ==="
   start=$(date +%s)

@@ -43,9 +43,7 @@ def dot_product_attention(query, key, value):
         1.0 / math.sqrt(query.shape[-1]), logits.dtype
     )
     weights = jax.nn.softmax(logits.astype("float32"), axis=-1)
-    attended = jnp.einsum(
-        "bhqk,bhkd->bhqd", weights.astype(value.dtype), value
-    )
+    attended = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(value.dtype), value)
     return jnp.transpose(attended, (0, 2, 1, 3))
 
 
@@ -81,8 +79,11 @@ def setup_data_parallel(devices, tpu, multi_host):
         "description": (
             f"{len(devices)} {platform} device(s), "
             f"{jax.process_count()} process(es), "
-            + ("keras.distribution.DataParallel" if len(devices) > 1
-               else "single device")
+            + (
+                "keras.distribution.DataParallel"
+                if len(devices) > 1
+                else "single device"
+            )
         ),
     }
 

@@ -115,11 +115,9 @@ class GradientBuckets:
         self.ready[self.bucket_of[id(parameter)]] += 1
         # Start buckets strictly in order, so every process issues the
         # same sequence of collectives.
-        while (
-            self.next_bucket < len(self.buckets)
-            and self.ready[self.next_bucket]
-            == len(self.buckets[self.next_bucket])
-        ):
+        while self.next_bucket < len(self.buckets) and self.ready[
+            self.next_bucket
+        ] == len(self.buckets[self.next_bucket]):
             self._start(self.next_bucket)
             self.next_bucket += 1
 
@@ -148,7 +146,7 @@ class GradientBuckets:
                 for parameter in bucket:
                     count = parameter.numel()
                     parameter.grad.copy_(
-                        flat[offset:offset + count].view_as(parameter)
+                        flat[offset : offset + count].view_as(parameter)
                     )
                     offset += count
         self.seconds_waiting += time.perf_counter() - start

@@ -27,19 +27,26 @@ def _feed(monitor, epochs, steps_per_execution=1):
         monitor.on_epoch_begin(epoch)
         ranks = _running_means([r for r, _ in steps])
         stds = _running_means([s for _, s in steps])
-        for end in range(steps_per_execution - 1, len(steps),
-                         steps_per_execution):
+        for end in range(
+            steps_per_execution - 1, len(steps), steps_per_execution
+        ):
             monitor.on_train_batch_end(
-                end, {"latent_effective_rank": ranks[end],
-                      "latent_std": stds[end], "loss": 1.0},
+                end,
+                {
+                    "latent_effective_rank": ranks[end],
+                    "latent_std": stds[end],
+                    "loss": 1.0,
+                },
             )
     return monitor
 
 
 def test_monitor_recovers_per_step_values_from_running_means():
     rng = np.random.default_rng(0)
-    epochs = [list(zip(rng.uniform(3, 4, 7), rng.uniform(0.4, 0.5, 7)))
-              for _ in range(2)]
+    epochs = [
+        list(zip(rng.uniform(3, 4, 7), rng.uniform(0.4, 0.5, 7)))
+        for _ in range(2)
+    ]
     monitor = _feed(LatentCollapseMonitor(reference_steps=3), epochs)
     expected_rank = [r for steps in epochs for r, _ in steps]
     np.testing.assert_allclose(
@@ -48,11 +55,11 @@ def test_monitor_recovers_per_step_values_from_running_means():
     # Reference: the mean of the first 3 per-step values.
     np.testing.assert_allclose(
         monitor.references["latent_std"],
-        np.mean([s for _, s in epochs[0][:3]]), atol=1e-12,
+        np.mean([s for _, s in epochs[0][:3]]),
+        atol=1e-12,
     )
     # Two steps per call: one reading per call, the mean of its two steps.
-    monitor = _feed(LatentCollapseMonitor(), epochs[:1],
-                    steps_per_execution=2)
+    monitor = _feed(LatentCollapseMonitor(), epochs[:1], steps_per_execution=2)
     ranks = [r for r, _ in epochs[0]]
     np.testing.assert_allclose(
         monitor.values["latent_effective_rank"],
@@ -92,23 +99,26 @@ def test_monitor_fires_on_a_falling_rank_and_stops_training():
 def test_monitor_stays_silent_for_a_healthy_run_and_a_short_dip():
     # dsd in the study: the rank dips to 0.46 of its start, std grows.
     rng = np.random.default_rng(1)
-    ranks = np.concatenate([np.full(10, 5.1), np.full(15, 2.37),
-                            rng.uniform(4, 5, 30)])
+    ranks = np.concatenate(
+        [np.full(10, 5.1), np.full(15, 2.37), rng.uniform(4, 5, 30)]
+    )
     stds = np.linspace(0.43, 0.91, len(ranks))
     # A 4-step dip under the threshold, shorter than the patience.
     ranks[30:34] = 1.5
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        monitor = _feed(LatentCollapseMonitor(patience=5),
-                        [list(zip(ranks, stds))])
+        monitor = _feed(
+            LatentCollapseMonitor(patience=5), [list(zip(ranks, stds))]
+        )
     assert not monitor.alarmed and monitor.alarms == []
     assert len(monitor.values["latent_std"]) == len(ranks)
 
 
 def test_monitor_absolute_thresholds_and_missing_metrics():
     # With `min_rank`, the alarm can fire before the reference is known.
-    monitor = LatentCollapseMonitor(min_rank=2.0, patience=2,
-                                    reference_steps=50)
+    monitor = LatentCollapseMonitor(
+        min_rank=2.0, patience=2, reference_steps=50
+    )
     with pytest.warns(RuntimeWarning, match="below 2"):
         _feed(monitor, [[(1.5, 0.4)] * 3])
     assert monitor.alarms[0]["step"] == 2
@@ -145,26 +155,33 @@ class FakeGenerator:
         self.calls.append((list(class_labels), kwargs))
         labels = np.asarray(class_labels)
         return np.broadcast_to(
-            (labels * 40).astype("uint8")[:, None, None, None], (len(labels),
-                                                                4, 4, 3)
+            (labels * 40).astype("uint8")[:, None, None, None],
+            (len(labels), 4, 4, 3),
         ).copy()
 
 
 def test_sample_grid_writes_every_n_epochs(tmp_path):
     model = FakeGenerator()
-    callback = SampleGrid(str(tmp_path / "grid_{epoch:02d}.png"),
-                          class_labels=[0, 1, 2, 3], rows=2,
-                          every_n_epochs=2, num_steps=3, seed=5)
+    callback = SampleGrid(
+        str(tmp_path / "grid_{epoch:02d}.png"),
+        class_labels=[0, 1, 2, 3],
+        rows=2,
+        every_n_epochs=2,
+        num_steps=3,
+        seed=5,
+    )
     callback.set_model(model)
     for epoch in range(4):
         callback.on_epoch_end(epoch)
     # Epochs 2 and 4 (1-based), with the same seed each time.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "grid_02.png", "grid_04.png"
+        "grid_02.png",
+        "grid_04.png",
     ]
-    assert model.calls == [
-        ([0, 1, 2, 3], {"num_steps": 3, "sampler": "heun", "seed": 5})
-    ] * 2
+    assert (
+        model.calls
+        == [([0, 1, 2, 3], {"num_steps": 3, "sampler": "heun", "seed": 5})] * 2
+    )
     with Image.open(tmp_path / "grid_02.png") as image:
         grid = np.asarray(image)
     # 2 rows x 2 columns of 4 px images with a 2 px border: 14 x 14.

@@ -57,20 +57,33 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
         references: dict: each metric's reference, once known.
     """
 
-    def __init__(self, rank_fraction=0.4, std_fraction=0.2,
-                 reference_steps=10, patience=20, min_rank=None,
-                 min_std=None, stop_training=False):
+    def __init__(
+        self,
+        rank_fraction=0.4,
+        std_fraction=0.2,
+        reference_steps=10,
+        patience=20,
+        min_rank=None,
+        min_std=None,
+        stop_training=False,
+    ):
         super().__init__()
-        for name, value in (("rank_fraction", rank_fraction),
-                            ("std_fraction", std_fraction)):
+        for name, value in (
+            ("rank_fraction", rank_fraction),
+            ("std_fraction", std_fraction),
+        ):
             if not 0.0 <= value < 1.0:
                 raise ValueError(
                     f"`{name}` must be in [0, 1), got {name}={value!r}."
                 )
-        for name, value in (("reference_steps", reference_steps),
-                            ("patience", patience)):
-            if isinstance(value, bool) or not isinstance(value, int) or (
-                value < 1
+        for name, value in (
+            ("reference_steps", reference_steps),
+            ("patience", patience),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or (value < 1)
             ):
                 raise ValueError(
                     f"`{name}` must be an int >= 1, got {name}={value!r}."
@@ -93,7 +106,8 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
 
     def _threshold(self, metric):
         fraction, absolute = (
-            (self.rank_fraction, self.min_rank) if metric == RANK
+            (self.rank_fraction, self.min_rank)
+            if metric == RANK
             else (self.std_fraction, self.min_std)
         )
         thresholds = [] if absolute is None else [absolute]
@@ -137,13 +151,22 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
         if any(alarm["metric"] == metric for alarm in self.alarms):
             return
         self.alarmed = True
-        self.alarms.append({"metric": metric, "step": self._steps,
-                            "value": value, "threshold": threshold})
+        self.alarms.append(
+            {
+                "metric": metric,
+                "step": self._steps,
+                "value": value,
+                "threshold": threshold,
+            }
+        )
         warnings.warn(
             f"Latent collapse at step {self._steps}: {metric}={value:.4g} "
             f"stayed below {threshold:.4g} for {self.patience} readings"
-            + (f" (reference {self.references[metric]:.4g})."
-               if metric in self.references else "."),
+            + (
+                f" (reference {self.references[metric]:.4g})."
+                if metric in self.references
+                else "."
+            ),
             RuntimeWarning,
             stacklevel=2,
         )

@@ -23,8 +23,17 @@ class SampleGrid(keras.callbacks.Callback):
         scale: int. PNG upscaling factor. Defaults to `1`.
     """
 
-    def __init__(self, path, class_labels, rows, every_n_epochs=1,
-                 num_steps=16, sampler="heun", seed=0, scale=1):
+    def __init__(
+        self,
+        path,
+        class_labels,
+        rows,
+        every_n_epochs=1,
+        num_steps=16,
+        sampler="heun",
+        seed=0,
+        scale=1,
+    ):
         super().__init__()
         self.path = path
         self.class_labels = list(class_labels)

@@ -77,7 +77,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def _seed_states(self):
         return [
-            v for v in self.model.variables
+            v
+            for v in self.model.variables
             if v.path.endswith("seed_generator_state")
         ]
 
@@ -147,9 +148,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         write_json(os.path.join(self.directory, STATE_FILE), state)
         # Only now that the state points to the new file: drop the oldest.
         names = sorted(
-            n for n in os.listdir(self.directory)
+            n
+            for n in os.listdir(self.directory)
             if n.startswith("ckpt-") and n.endswith(".weights.h5")
         )
         for old in names[: -self.keep]:
             os.remove(os.path.join(self.directory, old))
-

@@ -48,8 +48,13 @@ def _model(weights_seed=1, accumulation=None, steps_per_execution=1):
 
 def _fit(model, callbacks, epochs=EPOCHS):
     return model.fit(
-        IMAGES, LABELS, batch_size=2, epochs=epochs, shuffle=False,
-        verbose=0, callbacks=callbacks,
+        IMAGES,
+        LABELS,
+        batch_size=2,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
     )
 
 
@@ -84,8 +89,9 @@ def test_resume_after_a_crash_matches_a_straight_run(tmp_path):
     for actual, expected in zip(_state(resumed), _state(straight)):
         np.testing.assert_allclose(actual, expected, atol=1e-6, rtol=0)
     # The random-number state went on too: the next draw is the same.
-    seeds = [test_utils.to_numpy(m.seed_generator.state)
-             for m in (resumed, straight)]
+    seeds = [
+        test_utils.to_numpy(m.seed_generator.state) for m in (resumed, straight)
+    ]
     np.testing.assert_array_equal(*seeds)
 
 
@@ -137,8 +143,15 @@ def test_keeps_the_newest_files(tmp_path):
 def test_read_state_and_errors(tmp_path):
     assert TrainingCheckpoint.read_state(str(tmp_path)) is None
     with open(tmp_path / "checkpoint.json", "w") as f:
-        json.dump({"epoch": 1, "step": 2, "weights": "gone.weights.h5",
-                   "seed_states": []}, f)
+        json.dump(
+            {
+                "epoch": 1,
+                "step": 2,
+                "weights": "gone.weights.h5",
+                "seed_states": [],
+            },
+            f,
+        )
     with pytest.raises(ValueError, match="gone.weights.h5, which is missing"):
         TrainingCheckpoint.read_state(str(tmp_path))
     with pytest.raises(ValueError, match="`keep` must be >= 1"):
@@ -156,7 +169,10 @@ def _stream(start):
     step = start
     while True:
         index = 2 * (step % 6)
-        yield (STREAM_IMAGES[index:index + 2], STREAM_LABELS[index:index + 2])
+        yield (
+            STREAM_IMAGES[index : index + 2],
+            STREAM_LABELS[index : index + 2],
+        )
         step += 1
 
 
@@ -172,19 +188,22 @@ def test_resume_continues_the_data_stream_at_the_right_batch(
     # batches (with steps_per_execution=2, Keras reports them in 2 calls;
     # with accumulation, they make 2 optimizer steps). The resumed run
     # reads the stream from the checkpoint's batch count.
-    options = {"accumulation": accumulation,
-               "steps_per_execution": steps_per_execution}
-    fit = {"steps_per_epoch": 2, "epochs": 3, "verbose": 0,
-           "shuffle": False}
+    options = {
+        "accumulation": accumulation,
+        "steps_per_execution": steps_per_execution,
+    }
+    fit = {"steps_per_epoch": 2, "epochs": 3, "verbose": 0, "shuffle": False}
     straight = _model(**options)
     straight.fit(_stream(0), **fit)
 
     directory = str(tmp_path / "backup")
     crashed = _model(**options)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        crashed.fit(_stream(0), callbacks=[
-            TrainingCheckpoint(directory), Crash(epoch=2)
-        ], **fit)
+        crashed.fit(
+            _stream(0),
+            callbacks=[TrainingCheckpoint(directory), Crash(epoch=2)],
+            **fit,
+        )
     state = TrainingCheckpoint.read_state(directory)
     assert state["batches"] == 4
     assert state["step"] == 4 // (accumulation or 1)

@@ -36,7 +36,14 @@ from keras_dsd.utils import validation
 # JPEG, PNG, GIF and BMP decode in TensorFlow; WebP and TIFF fail its
 # `looks_complete` check and are decoded by PIL (see `_rescue`), slower.
 IMAGE_EXTENSIONS = (
-    ".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+    ".jpeg",
+    ".jpg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
 )
 
 # A file whose first bytes and trailer do not look like a complete image is

@@ -105,8 +105,12 @@ def test_scan_sorted_classes_and_labels(tmp_path):
     assert folder.labels.dtype == np.int32
     assert folder.labels.tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2]
     names = [os.path.relpath(p, root) for p in folder.paths]
-    assert names[:4] == ["ant/0.jpg", "ant/1.png", "ant/nested/x.gif",
-                         "ant/y.bmp"]
+    assert names[:4] == [
+        "ant/0.jpg",
+        "ant/1.png",
+        "ant/nested/x.gif",
+        "ant/y.bmp",
+    ]
     assert "cat/UPPER.JPEG" in names
     assert all(isinstance(p, str) for p in folder.paths)
     assert folder.skipped_files == []
@@ -308,8 +312,9 @@ def test_shards_union_is_the_global_batch(tree):
 
 def test_flip_is_stateless_per_element(tree):
     folder = ImageFolder(tree)
-    plain, _ = stream(folder.as_dataset(16, 4, shuffle=False,
-                                        random_flip=False), 6)
+    plain, _ = stream(
+        folder.as_dataset(16, 4, shuffle=False, random_flip=False), 6
+    )
     flipped, _ = stream(folder.as_dataset(16, 4, shuffle=False), 6)
     mirrored = np.array(
         [np.array_equal(f, p[:, ::-1]) for f, p in zip(flipped, plain)]

@@ -153,7 +153,7 @@ def test_imagenet_tfds_from_fake_archives(tmp_path):
     train = imagenet_tfds(
         data_dir, None, 16, 6, shuffle=False, repeat=False, random_flip=False
     )
-    (images, labels), = list(train)
+    ((images, labels),) = list(train)
     assert sorted(labels.numpy().tolist()) == [0, 0, 0, 1, 1, 1]
 
     # Resume and shards behave as for folders.
@@ -168,8 +168,9 @@ def test_imagenet_tfds_from_fake_archives(tmp_path):
     np.testing.assert_array_equal(firsts[1], straight[1][1])
 
     # Validation labels come from TFDS's list, in the sorted-wnid order.
-    root = os.path.join(os.path.dirname(tfds.__file__), "datasets",
-                        "imagenet2012")
+    root = os.path.join(
+        os.path.dirname(tfds.__file__), "datasets", "imagenet2012"
+    )
     with open(os.path.join(root, "labels.txt")) as f:
         wnids = f.read().split()
     with open(os.path.join(root, "validation_labels.txt")) as f:
@@ -177,6 +178,6 @@ def test_imagenet_tfds_from_fake_archives(tmp_path):
     val = imagenet_tfds(
         data_dir, None, 16, 3, split="val", shuffle=False, repeat=False
     )
-    (_, labels), = list(val)
+    ((_, labels),) = list(val)
     expected = sorted(wnids.index(w) for w in val_wnids)
     assert sorted(labels.numpy().tolist()) == expected

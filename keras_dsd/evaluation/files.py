@@ -103,7 +103,8 @@ def file_digest(path):
     paths = [path]
     if os.path.isdir(path):
         paths = [
-            os.path.join(path, name) for name in sorted(os.listdir(path))
+            os.path.join(path, name)
+            for name in sorted(os.listdir(path))
             if name.endswith((".json", ".h5")) and name != "metadata.json"
         ]
     for file_path in paths:

@@ -8,8 +8,11 @@ from keras_dsd.evaluation import files
 
 def test_save_npz_keeps_the_name_and_headers_match(tmp_path):
     path = tmp_path / "samples"  # no .npz suffix: np.savez would add one
-    files.save_npz(str(path), images=np.zeros((3, 4, 5, 3), "uint8"),
-                   labels=np.arange(3, dtype="int64"))
+    files.save_npz(
+        str(path),
+        images=np.zeros((3, 4, 5, 3), "uint8"),
+        labels=np.arange(3, dtype="int64"),
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]
     assert files.npz_headers(str(path)) == {
         "images": ((3, 4, 5, 3), np.dtype("uint8")),
@@ -19,12 +22,11 @@ def test_save_npz_keeps_the_name_and_headers_match(tmp_path):
 
 def test_write_json_converts_numpy_values(tmp_path):
     path = tmp_path / "metrics.json"
-    files.write_json(str(path), {
-        "fd": np.float64(1.5), "n": np.int64(3), "shape": np.array([2, 3])
-    })
-    assert json.loads(path.read_text()) == {
-        "fd": 1.5, "n": 3, "shape": [2, 3]
-    }
+    files.write_json(
+        str(path),
+        {"fd": np.float64(1.5), "n": np.int64(3), "shape": np.array([2, 3])},
+    )
+    assert json.loads(path.read_text()) == {"fd": 1.5, "n": 3, "shape": [2, 3]}
 
 
 def test_file_digest(tmp_path):

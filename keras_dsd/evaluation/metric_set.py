@@ -113,8 +113,10 @@ class SharedPredictor:
         last = self._last
         # The metrics convert their input before calling the extractor, so
         # the same batch may arrive as a different (equal) array.
-        if last is not None and last[0].shape == images.shape and (
-            last[0] is images or np.array_equal(last[0], images)
+        if (
+            last is not None
+            and last[0].shape == images.shape
+            and (last[0] is images or np.array_equal(last[0], images))
         ):
             return last[1]
         num = len(images)
@@ -136,8 +138,13 @@ class SharedPredictor:
         return self._predict(images)["logits"]
 
 
-def build_extractors(metrics, pr_features="effnet", effnet_weights=None,
-                     inception_weights=None, feature_batch_size=64):
+def build_extractors(
+    metrics,
+    pr_features="effnet",
+    effnet_weights=None,
+    inception_weights=None,
+    feature_batch_size=64,
+):
     """Builds the feature extractors that `metrics` need, once each.
 
     Nothing is downloaded. Without `effnet_weights`, EfficientNet-Lite0
@@ -180,7 +187,8 @@ def build_extractors(metrics, pr_features="effnet", effnet_weights=None,
             # No weights file found: skip rather than download anything.
             warnings.warn(
                 f"Skipping the EfficientNet-Lite0 metrics: {error}",
-                UserWarning, stacklevel=2,
+                UserWarning,
+                stacklevel=2,
             )
             extractors["EffNetLite0"] = str(error)
     if "InceptionV3" in needed:
@@ -196,7 +204,8 @@ def build_extractors(metrics, pr_features="effnet", effnet_weights=None,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 inception = feature_extractors.InceptionV3Features(
-                    weights=None, include_top=True,
+                    weights=None,
+                    include_top=True,
                     batch_size=feature_batch_size,
                 )
         else:
@@ -239,8 +248,15 @@ class MetricSet:
     ```
     """
 
-    def __init__(self, metrics, extractors, pr_features="effnet", pr_k=3,
-                 is_splits=10, on_singular="warn"):
+    def __init__(
+        self,
+        metrics,
+        extractors,
+        pr_features="effnet",
+        pr_k=3,
+        is_splits=10,
+        on_singular="warn",
+    ):
         self.metrics = check_metric_names(metrics)
         validation.check_choice(pr_features, PR_FEATURES, "pr_features")
         self.pr_k = validation.check_positive_int(pr_k, "pr_k")
@@ -325,9 +341,7 @@ class MetricSet:
             statistics: dict `{extractor name: (mu, sigma)}`, e.g. from
                 `keras_dsd.evaluation.read_reference_stats`.
         """
-        missing = sorted(
-            set(self.extractor_of.values()) - set(statistics)
-        )
+        missing = sorted(set(self.extractor_of.values()) - set(statistics))
         if missing:
             raise ValueError(
                 f"`statistics` has no {missing} statistics; it has "

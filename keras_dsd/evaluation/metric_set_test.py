@@ -52,9 +52,8 @@ def test_frechet_distance_of_a_shift_and_one_pass_per_batch():
     assert results["precision"] == 1.0 and results["recall"] == 1.0
 
     shifted = metric_set.MetricSet(
-        ["fd-effnet"], {"EffNetLite0": metric_set.SharedPredictor(
-            FakeExtractor()
-        )}
+        ["fd-effnet"],
+        {"EffNetLite0": metric_set.SharedPredictor(FakeExtractor())},
     )
     shifted.update_reference(real)
     # Same covariance, means 10 apart on each of 3 channels: d^2 = 3 * 100.
@@ -74,10 +73,17 @@ def test_reference_statistics_replace_the_reference_images(tmp_path):
 
     first = new_set()
     info = reference.inspect_reference(real_path)
-    assert reference.score_reference(
-        first, real_path, info, batch_size=3, stats_path=stats_path,
-        verbose=False,
-    ) == 8
+    assert (
+        reference.score_reference(
+            first,
+            real_path,
+            info,
+            batch_size=3,
+            stats_path=stats_path,
+            verbose=False,
+        )
+        == 8
+    )
     mu, _ = reference.read_reference_stats(stats_path, "EffNetLite0")
     np.testing.assert_allclose(mu, reference_colours().mean(axis=0))
 
@@ -120,9 +126,7 @@ def test_unavailable_extractors_and_bad_names():
     assert metric_set.extractors_needed(
         ["fid", "fd-effnet", "precision-recall", "is"], "effnet"
     ) == ["InceptionV3", "EffNetLite0"]
-    assert metric_set.extractors_needed(
-        ["precision-recall"], "inception"
-    ) == ["InceptionV3"]
-    assert metric_set.check_metric_names(["FID", " fid", "is"]) == [
-        "fid", "is"
+    assert metric_set.extractors_needed(["precision-recall"], "inception") == [
+        "InceptionV3"
     ]
+    assert metric_set.check_metric_names(["FID", " fid", "is"]) == ["fid", "is"]

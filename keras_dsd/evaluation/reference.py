@@ -60,19 +60,22 @@ def inspect_reference(path, metrics=None, write_stats=False):
     info = _inspect_layout(path)
     if info["kind"] == "images" and info["num_images"] < MIN_REFERENCE_IMAGES:
         raise _reference_error(
-            path, f"holds {info['num_images']} image(s); at least "
-            f"{MIN_REFERENCE_IMAGES} are needed."
+            path,
+            f"holds {info['num_images']} image(s); at least "
+            f"{MIN_REFERENCE_IMAGES} are needed.",
         )
     if info["kind"] == "stats":
         if metrics is not None and "precision-recall" in metrics:
             raise _reference_error(
-                path, "precision-recall needs reference images (an image "
-                "folder or an arr_0 .npz), not statistics."
+                path,
+                "precision-recall needs reference images (an image "
+                "folder or an arr_0 .npz), not statistics.",
             )
         if write_stats:
             raise _reference_error(
-                path, "is a statistics file already; "
-                "--write-reference-stats needs reference images."
+                path,
+                "is a statistics file already; "
+                "--write-reference-stats needs reference images.",
             )
         for metric in metrics or ():
             if metric in FRECHET_METRICS:
@@ -83,20 +86,24 @@ def inspect_reference(path, metrics=None, write_stats=False):
 def _inspect_layout(path):
     if os.path.isdir(path):
         names = sorted(
-            name for name in os.listdir(path)
+            name
+            for name in os.listdir(path)
             if name.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not names:
             raise _reference_error(
-                path, f"the folder holds no image files "
-                f"({', '.join(IMAGE_EXTENSIONS)})."
+                path,
+                f"the folder holds no image files "
+                f"({', '.join(IMAGE_EXTENSIONS)}).",
             )
         from PIL import Image
 
         with Image.open(os.path.join(path, names[0])) as image:
             width, height = image.size
         return {
-            "kind": "images", "format": "folder", "num_images": len(names),
+            "kind": "images",
+            "format": "folder",
+            "num_images": len(names),
             "image_shape": (height, width, 3),
             "files": [os.path.join(path, name) for name in names],
         }
@@ -104,9 +111,10 @@ def _inspect_layout(path):
         raise _reference_error(path, "no such file or folder.")
     if not zipfile.is_zipfile(path):
         raise _reference_error(
-            path, "not an .npz file (nor a folder of images). Expected an "
+            path,
+            "not an .npz file (nor a folder of images). Expected an "
             ".npz with uint8 NHWC images under 'arr_0' (the ADM evaluator "
-            f"layout) or statistics written by {_STATS_WRITER}."
+            f"layout) or statistics written by {_STATS_WRITER}.",
         )
     headers = files.npz_headers(path)
     if "arr_0" in headers:
@@ -114,10 +122,11 @@ def _inspect_layout(path):
     if any(key == "mu" or key.startswith("mu_") for key in headers):
         return {"kind": "stats", "format": "npz"}
     raise _reference_error(
-        path, f"the .npz has neither images under 'arr_0' nor statistics "
+        path,
+        f"the .npz has neither images under 'arr_0' nor statistics "
         f"('mu'/'sigma'); its keys are {sorted(headers)}. Expected uint8 "
         "NHWC images under 'arr_0' (the ADM evaluator layout) or a file "
-        f"written by {_STATS_WRITER}."
+        f"written by {_STATS_WRITER}.",
     )
 
 
@@ -134,23 +143,30 @@ def _inspect_images_npz(path, headers):
     if shape[-1] != 3:
         hint = ""
         if shape[1] == 3:
-            hint = (" It looks like NCHW: convert with "
-                    "images.transpose(0, 2, 3, 1).")
+            hint = (
+                " It looks like NCHW: convert with "
+                "images.transpose(0, 2, 3, 1)."
+            )
         elif shape[-1] == 1:
-            hint = (" Grayscale: repeat the channel, "
-                    "np.repeat(images, 3, axis=-1).")
+            hint = (
+                " Grayscale: repeat the channel, np.repeat(images, 3, axis=-1)."
+            )
         raise _reference_error(
-            path, f"{layout}; 'arr_0' has shape {shape}, whose last axis "
-            f"is not 3 channels.{hint}"
+            path,
+            f"{layout}; 'arr_0' has shape {shape}, whose last axis "
+            f"is not 3 channels.{hint}",
         )
     if dtype != np.uint8:
         raise _reference_error(
-            path, f"{layout}; 'arr_0' has dtype {dtype}. Convert "
+            path,
+            f"{layout}; 'arr_0' has dtype {dtype}. Convert "
             "[0, 255] values with np.clip(np.round(x), 0, 255)"
-            ".astype('uint8') (map [-1, 1] images to [0, 255] first)."
+            ".astype('uint8') (map [-1, 1] images to [0, 255] first).",
         )
     info = {
-        "kind": "images", "format": "npz", "num_images": shape[0],
+        "kind": "images",
+        "format": "npz",
+        "num_images": shape[0],
         "image_shape": tuple(shape[1:]),
     }
     if "mu" in headers:
@@ -184,14 +200,14 @@ def iter_reference_images(path, info, batch_size, max_images=None):
         raise _reference_error(path, "holds statistics, not images.")
     total = info["num_images"]
     if max_images is not None:
-        total = min(total, validation.check_positive_int(
-            max_images, "max_images"
-        ))
+        total = min(
+            total, validation.check_positive_int(max_images, "max_images")
+        )
     if info["format"] == "npz":
         with np.load(path) as data:
             images = data["arr_0"]
         for start in range(0, total, batch_size):
-            yield images[start:min(start + batch_size, total)]
+            yield images[start : min(start + batch_size, total)]
         return
     from PIL import Image
 
@@ -199,15 +215,16 @@ def iter_reference_images(path, info, batch_size, max_images=None):
     paths = info["files"][:total]
     for start in range(0, total, batch_size):
         batch = []
-        for file_path in paths[start:start + batch_size]:
+        for file_path in paths[start : start + batch_size]:
             with Image.open(file_path) as image:
                 array = np.asarray(image.convert("RGB"))
             if array.shape != shape:
                 raise _reference_error(
-                    path, f"{os.path.basename(file_path)} is "
+                    path,
+                    f"{os.path.basename(file_path)} is "
                     f"{array.shape[1]}x{array.shape[0]} but "
                     f"{os.path.basename(paths[0])} is {shape[1]}x{shape[0]}; "
-                    "all reference images must have the same size."
+                    "all reference images must have the same size.",
                 )
             batch.append(array)
         yield np.stack(batch).astype("uint8")
@@ -234,18 +251,23 @@ def read_reference_stats(path, extractor_name):
     with np.load(path) as data:
         keys = set(data.files)
         if f"mu_{extractor_name}" in keys:
-            return (data[f"mu_{extractor_name}"],
-                    data[f"sigma_{extractor_name}"])
+            return (
+                data[f"mu_{extractor_name}"],
+                data[f"sigma_{extractor_name}"],
+            )
         if "mu" in keys and "sigma" in keys:
             labelled = (
                 str(data["feature_extractor"])
-                if "feature_extractor" in keys else None
+                if "feature_extractor" in keys
+                else None
             )
             if labelled is None:
                 warnings.warn(
                     f"Reference {path!r} has unlabelled statistics "
                     f"'mu'/'sigma'; assuming they are {extractor_name} "
-                    "features.", UserWarning, stacklevel=2,
+                    "features.",
+                    UserWarning,
+                    stacklevel=2,
                 )
                 return data["mu"], data["sigma"]
             if labelled == extractor_name:
@@ -254,9 +276,10 @@ def read_reference_stats(path, extractor_name):
         if "feature_extractor" in keys:
             available.append(str(data["feature_extractor"]))
     raise _reference_error(
-        path, f"the statistics file has no {extractor_name} statistics "
+        path,
+        f"the statistics file has no {extractor_name} statistics "
         f"(it has: {available}). Write them with {_STATS_WRITER} and the "
-        "matching metrics."
+        "matching metrics.",
     )
 
 
@@ -285,17 +308,27 @@ def write_reference_stats(path, statistics, num_images, verbose=True):
         arrays[f"sigma_{extractor_name}"] = sigma
     if len(statistics) == 1:
         ((extractor_name, (mu, sigma)),) = statistics.items()
-        arrays.update(mu=mu, sigma=sigma,
-                      feature_extractor=np.asarray(extractor_name))
+        arrays.update(
+            mu=mu, sigma=sigma, feature_extractor=np.asarray(extractor_name)
+        )
     files.save_npz(path, **arrays)
     if verbose:
-        print(f"Wrote reference statistics ({', '.join(statistics)}) of "
-              f"{num_images} images to {path}")
+        print(
+            f"Wrote reference statistics ({', '.join(statistics)}) of "
+            f"{num_images} images to {path}"
+        )
     return path
 
 
-def score_reference(metric_set, path, info, batch_size=1024,
-                    max_images=None, stats_path=None, verbose=True):
+def score_reference(
+    metric_set,
+    path,
+    info,
+    batch_size=1024,
+    max_images=None,
+    stats_path=None,
+    verbose=True,
+):
     """Feeds a reference to a `MetricSet`: its images or its statistics.
 
     Args:
@@ -314,10 +347,12 @@ def score_reference(metric_set, path, info, batch_size=1024,
         (a statistics file, or no metric needs the reference).
     """
     if info["kind"] == "stats":
-        metric_set.set_reference_statistics({
-            extractor: read_reference_stats(path, extractor)
-            for extractor in metric_set.extractor_of.values()
-        })
+        metric_set.set_reference_statistics(
+            {
+                extractor: read_reference_stats(path, extractor)
+                for extractor in metric_set.extractor_of.values()
+            }
+        )
         return None
     if not metric_set.needs_reference_images:
         return None
@@ -327,11 +362,15 @@ def score_reference(metric_set, path, info, batch_size=1024,
         metric_set.update_reference(images)
         num_images += len(images)
     if verbose:
-        print(f"Reference: {num_images} images from {path} "
-              f"({time.time() - start:.1f} s)")
+        print(
+            f"Reference: {num_images} images from {path} "
+            f"({time.time() - start:.1f} s)"
+        )
     if stats_path and metric_set.frechet:
         write_reference_stats(
-            stats_path, metric_set.reference_statistics(), num_images,
+            stats_path,
+            metric_set.reference_statistics(),
+            num_images,
             verbose=verbose,
         )
     return num_images

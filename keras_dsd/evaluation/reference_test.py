@@ -20,9 +20,11 @@ def test_inspect_and_read_a_folder(tmp_path):
     info = reference.inspect_reference(folder)
     assert info["kind"] == "images" and info["format"] == "folder"
     assert info["num_images"] == 5 and info["image_shape"] == (6, 4, 3)
-    batches = list(reference.iter_reference_images(
-        folder, info, batch_size=2, max_images=3
-    ))
+    batches = list(
+        reference.iter_reference_images(
+            folder, info, batch_size=2, max_images=3
+        )
+    )
     assert [b.shape for b in batches] == [(2, 6, 4, 3), (1, 6, 4, 3)]
     np.testing.assert_array_equal(np.concatenate(batches), images[:3])
 
@@ -33,7 +35,9 @@ def test_inspect_and_read_an_adm_npz(tmp_path):
     np.savez(path, arr_0=images, mu=np.zeros(3), sigma=np.eye(3))
     info = reference.inspect_reference(path, ["fd-effnet"])
     assert (info["kind"], info["format"], info["num_images"]) == (
-        "images", "npz", 4
+        "images",
+        "npz",
+        4,
     )
     assert "not used" in info["note"]
     batches = list(reference.iter_reference_images(path, info, 3))
@@ -86,11 +90,14 @@ def test_statistics_round_trip(tmp_path):
     inception = (rng.normal(size=(2,)), rng.normal(size=(2, 2)))
     both = str(tmp_path / "both.npz")
     reference.write_reference_stats(
-        both, {"EffNetLite0": effnet, "InceptionV3": inception}, 7,
+        both,
+        {"EffNetLite0": effnet, "InceptionV3": inception},
+        7,
         verbose=False,
     )
     for name, (mu, sigma) in (
-        ("EffNetLite0", effnet), ("InceptionV3", inception)
+        ("EffNetLite0", effnet),
+        ("InceptionV3", inception),
     ):
         read_mu, read_sigma = reference.read_reference_stats(both, name)
         np.testing.assert_array_equal(read_mu, mu)
@@ -99,17 +106,22 @@ def test_statistics_round_trip(tmp_path):
         assert int(data["num_images"]) == 7
         assert "mu" not in data.files  # plain keys only for one extractor
     assert reference.inspect_reference(both, ["fd-effnet", "fid"]) == {
-        "kind": "stats", "format": "npz"
+        "kind": "stats",
+        "format": "npz",
     }
 
     one = str(tmp_path / "one.npz")
-    reference.write_reference_stats(one, {"EffNetLite0": effnet}, 7,
-                                    verbose=False)
+    reference.write_reference_stats(
+        one, {"EffNetLite0": effnet}, 7, verbose=False
+    )
     with np.load(one) as data:
         assert str(data["feature_extractor"]) == "EffNetLite0"
         np.testing.assert_array_equal(data["mu"], effnet[0])
-    with pytest.raises(ValueError, match=r"no InceptionV3 statistics \(it "
-                       r"has: \['EffNetLite0', 'EffNetLite0'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"no InceptionV3 statistics \(it "
+        r"has: \['EffNetLite0', 'EffNetLite0'\]\)",
+    ):
         reference.read_reference_stats(one, "InceptionV3")
 
 
@@ -117,8 +129,9 @@ def test_statistics_files_serve_only_their_metrics(tmp_path):
     rng = np.random.default_rng(2)
     stats = (rng.normal(size=(3,)), np.eye(3))
     path = str(tmp_path / "stats.npz")
-    reference.write_reference_stats(path, {"EffNetLite0": stats}, 5,
-                                    verbose=False)
+    reference.write_reference_stats(
+        path, {"EffNetLite0": stats}, 5, verbose=False
+    )
     with pytest.raises(ValueError, match="no InceptionV3 statistics"):
         reference.inspect_reference(path, ["fd-effnet", "fid"])
     with pytest.raises(ValueError, match="precision-recall needs reference"):

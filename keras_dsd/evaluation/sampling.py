@@ -189,7 +189,8 @@ def check_manifest(chunk_dir, manifest):
         with open(path) as f:
             previous = json.load(f)
         differs = sorted(
-            key for key in set(previous) | set(manifest)
+            key
+            for key in set(previous) | set(manifest)
             if previous.get(key) != manifest.get(key)
         )
         if differs:
@@ -202,10 +203,21 @@ def check_manifest(chunk_dir, manifest):
     files.write_json(path, manifest)
 
 
-def generate_chunks(model, chunk_dir, num_samples, num_classes=None,
-                    chunk_size=1000, sampler="heun", num_steps=32,
-                    guidance_scale=None, time_shift=1.0, seed=0,
-                    batch_size=64, model_digest=None, verbose=True):
+def generate_chunks(
+    model,
+    chunk_dir,
+    num_samples,
+    num_classes=None,
+    chunk_size=1000,
+    sampler="heun",
+    num_steps=32,
+    guidance_scale=None,
+    time_shift=1.0,
+    seed=0,
+    batch_size=64,
+    model_digest=None,
+    verbose=True,
+):
     """Generates the chunks that are missing from `chunk_dir`.
 
     Chunks already complete there (same settings, see `check_manifest`)
@@ -250,18 +262,21 @@ def generate_chunks(model, chunk_dir, num_samples, num_classes=None,
     for name in os.listdir(chunk_dir):
         if name.startswith(".tmp-"):  # left by a killed run
             os.remove(os.path.join(chunk_dir, name))
-    check_manifest(chunk_dir, {
-        "model_sha256": model_digest,
-        "num_samples": num_samples,
-        "num_classes": num_classes,
-        "chunk_size": chunk_size,
-        "sampler": sampler,
-        "num_steps": num_steps,
-        "guidance_scale": guidance_scale,
-        "time_shift": time_shift,
-        "seed": seed,
-        "image_shape": list(image_shape),
-    })
+    check_manifest(
+        chunk_dir,
+        {
+            "model_sha256": model_digest,
+            "num_samples": num_samples,
+            "num_classes": num_classes,
+            "chunk_size": chunk_size,
+            "sampler": sampler,
+            "num_steps": num_steps,
+            "guidance_scale": guidance_scale,
+            "time_shift": time_shift,
+            "seed": seed,
+            "image_shape": list(image_shape),
+        },
+    )
 
     num_chunks = math.ceil(num_samples / chunk_size)
     bounds = [
@@ -270,13 +285,16 @@ def generate_chunks(model, chunk_dir, num_samples, num_classes=None,
     ]
     paths = [chunk_path(chunk_dir, i) for i in range(num_chunks)]
     finished = {
-        i for i, (start, end) in enumerate(bounds)
+        i
+        for i, (start, end) in enumerate(bounds)
         if _chunk_is_complete(paths[i], end - start, image_shape)
     }
     done = sum(bounds[i][1] - bounds[i][0] for i in finished)
     if finished and verbose:
-        print(f"Resuming: {len(finished)}/{num_chunks} chunks "
-              f"({done} samples) already in {chunk_dir}")
+        print(
+            f"Resuming: {len(finished)}/{num_chunks} chunks "
+            f"({done} samples) already in {chunk_dir}"
+        )
     progbar = keras.utils.Progbar(
         num_samples, unit_name="sample", verbose=1 if verbose else 0
     )
@@ -316,8 +334,9 @@ def iter_samples(chunk_paths):
         yield read_chunk(path)[0]
 
 
-def write_samples_npz(path, chunk_paths, num_samples, image_shape,
-                      verbose=True):
+def write_samples_npz(
+    path, chunk_paths, num_samples, image_shape, verbose=True
+):
     """Streams the chunks into one ADM `.npz` (arr_0 images, arr_1 labels).
 
     Memory stays at one chunk; the file appears under `path` only once it
@@ -354,11 +373,16 @@ def write_samples_npz(path, chunk_paths, num_samples, image_shape,
             tmp_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True
         ) as archive:
             with archive.open("arr_0.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_1_0(f, {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype("uint8")),
-                    "fortran_order": False,
-                    "shape": expected,
-                })
+                np.lib.format.write_array_header_1_0(
+                    f,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(
+                            np.dtype("uint8")
+                        ),
+                        "fortran_order": False,
+                        "shape": expected,
+                    },
+                )
                 for chunk in chunk_paths:
                     images, chunk_labels = read_chunk(chunk)
                     if tuple(images.shape[1:]) != tuple(image_shape):
@@ -383,10 +407,21 @@ def write_samples_npz(path, chunk_paths, num_samples, image_shape,
 # === All together ===
 
 
-def generate_samples(model, output_dir, num_samples, num_classes=None,
-                     chunk_size=1000, sampler="heun", num_steps=32,
-                     guidance_scale=None, time_shift=1.0, seed=0,
-                     batch_size=64, model_digest=None, verbose=True):
+def generate_samples(
+    model,
+    output_dir,
+    num_samples,
+    num_classes=None,
+    chunk_size=1000,
+    sampler="heun",
+    num_steps=32,
+    guidance_scale=None,
+    time_shift=1.0,
+    seed=0,
+    batch_size=64,
+    model_digest=None,
+    verbose=True,
+):
     """Samples a model in resumable chunks and exports the ADM `.npz`.
 
     Writes `<output_dir>/chunks/` (`generate_chunks`) and
@@ -431,21 +466,33 @@ def generate_samples(model, output_dir, num_samples, num_classes=None,
         )
     start = time.time()
     chunk_paths, counts = generate_chunks(
-        model, os.path.join(output_dir, "chunks"), num_samples, num_classes,
-        chunk_size=chunk_size, sampler=sampler, num_steps=num_steps,
-        guidance_scale=guidance_scale, time_shift=time_shift, seed=seed,
-        batch_size=batch_size, model_digest=model_digest, verbose=verbose,
+        model,
+        os.path.join(output_dir, "chunks"),
+        num_samples,
+        num_classes,
+        chunk_size=chunk_size,
+        sampler=sampler,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        time_shift=time_shift,
+        seed=seed,
+        batch_size=batch_size,
+        model_digest=model_digest,
+        verbose=verbose,
     )
     generation_seconds = time.time() - start
     height, width = image_shape[:2]
     samples_path = os.path.join(
         output_dir, f"samples_{num_samples}x{height}x{width}x3.npz"
     )
-    write_samples_npz(samples_path, chunk_paths, num_samples, image_shape,
-                      verbose=verbose)
+    write_samples_npz(
+        samples_path, chunk_paths, num_samples, image_shape, verbose=verbose
+    )
     if verbose:
-        print(f"Wrote {samples_path} (arr_0: uint8 {num_samples}x"
-              f"{height}x{width}x3, arr_1: labels)")
+        print(
+            f"Wrote {samples_path} (arr_0: uint8 {num_samples}x"
+            f"{height}x{width}x3, arr_1: labels)"
+        )
     record = {
         "samples": os.path.abspath(samples_path),
         "num_samples": num_samples,

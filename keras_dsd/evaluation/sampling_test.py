@@ -20,7 +20,8 @@ class FakeGenerator:
 
     def __init__(self, num_classes=3, image_size=4):
         network = types.SimpleNamespace(
-            image_size=image_size, num_classes=num_classes,
+            image_size=image_size,
+            num_classes=num_classes,
             compute_dtype="float32",
         )
         self.backbone = self.inference_backbone = network
@@ -43,7 +44,8 @@ def test_chunks_resume_without_regenerating_finished_ones(tmp_path):
     paths, counts = sampling.generate_chunks(model, chunk_dir, **settings)
     # 6 samples in chunks of 4: [0, 4) and [4, 6); sample k has class k % 3.
     assert [os.path.basename(p) for p in paths] == [
-        "chunk_00000.npz", "chunk_00001.npz"
+        "chunk_00000.npz",
+        "chunk_00001.npz",
     ]
     assert counts == {"chunks": 2, "chunks_reused": 0, "chunks_generated": 2}
     assert [c["labels"] for c in model.calls] == [[0, 1, 2, 0], [1, 2]]
@@ -69,7 +71,9 @@ def test_chunks_resume_without_regenerating_finished_ones(tmp_path):
     ]
     assert os.stat(paths[0]).st_mtime_ns == mtime
     assert sorted(os.listdir(chunk_dir)) == [
-        "chunk_00000.npz", "chunk_00001.npz", "manifest.json"
+        "chunk_00000.npz",
+        "chunk_00001.npz",
+        "manifest.json",
     ]
 
     # A truncated chunk is not "finished": it is generated again.
@@ -84,23 +88,27 @@ def test_chunks_resume_without_regenerating_finished_ones(tmp_path):
 def test_chunk_dir_of_other_settings_is_refused(tmp_path):
     model = FakeGenerator(num_classes=3)
     chunk_dir = str(tmp_path / "chunks")
-    sampling.generate_chunks(model, chunk_dir, num_samples=3, seed=0,
-                             model_digest="abc")
+    sampling.generate_chunks(
+        model, chunk_dir, num_samples=3, seed=0, model_digest="abc"
+    )
     manifest = json.loads((tmp_path / "chunks" / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["model_sha256"] == "abc"
     assert manifest["image_shape"] == [4, 4, 3]
     model.calls.clear()
     with pytest.raises(ValueError, match=r"other settings \(different: seed"):
-        sampling.generate_chunks(model, chunk_dir, num_samples=3, seed=1,
-                                 model_digest="abc")
+        sampling.generate_chunks(
+            model, chunk_dir, num_samples=3, seed=1, model_digest="abc"
+        )
     with pytest.raises(ValueError, match="different: model_sha256"):
-        sampling.generate_chunks(model, chunk_dir, num_samples=3, seed=0,
-                                 model_digest="def")
+        sampling.generate_chunks(
+            model, chunk_dir, num_samples=3, seed=0, model_digest="def"
+        )
     assert model.calls == []
     # The folder's manifest is untouched by the refused runs.
-    assert json.loads(
-        (tmp_path / "chunks" / "manifest.json").read_text()
-    ) == manifest
+    assert (
+        json.loads((tmp_path / "chunks" / "manifest.json").read_text())
+        == manifest
+    )
 
 
 def test_zero_or_uneven_sample_counts_are_refused_up_front(tmp_path):
@@ -122,8 +130,14 @@ def test_zero_or_uneven_sample_counts_are_refused_up_front(tmp_path):
 def test_generate_samples_exports_the_adm_npz(tmp_path):
     model = FakeGenerator(num_classes=2)
     record, chunk_paths = sampling.generate_samples(
-        model, str(tmp_path), num_samples=4, chunk_size=3, sampler="euler",
-        num_steps=3, guidance_scale=2.0, verbose=False,
+        model,
+        str(tmp_path),
+        num_samples=4,
+        chunk_size=3,
+        sampler="euler",
+        num_steps=3,
+        guidance_scale=2.0,
+        verbose=False,
     )
     path = tmp_path / "samples_4x4x4x3.npz"
     assert record["samples"] == str(path)
@@ -140,9 +154,10 @@ def test_generate_samples_exports_the_adm_npz(tmp_path):
     np.testing.assert_array_equal(
         images[:, 2, 1, 0], 10 * np.array([0, 1, 0, 1]) + seeds
     )
-    assert [
-        batch.shape[0] for batch in sampling.iter_samples(chunk_paths)
-    ] == [3, 1]
+    assert [batch.shape[0] for batch in sampling.iter_samples(chunk_paths)] == [
+        3,
+        1,
+    ]
 
 
 def test_export_killed_midway_leaves_no_file(tmp_path, monkeypatch):

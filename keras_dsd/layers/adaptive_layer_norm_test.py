@@ -98,7 +98,5 @@ def test_final_layer_config_round_trip():
     x, c = _inputs()
     layer = FinalLayer(16, 12, zero_init=False, name="head")
     layer(x, c)
-    restored = test_utils.assert_layer_config_round_trip(
-        layer, x, c, atol=1e-5
-    )
+    restored = test_utils.assert_layer_config_round_trip(layer, x, c, atol=1e-5)
     assert restored.zero_init is False and restored.output_dim == 12

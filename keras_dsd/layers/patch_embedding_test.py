@@ -20,7 +20,7 @@ def test_patchify_token_order_is_row_major_patches():
     # Token r * cols + c is the (r, c) patch, flattened as (row, col, chan).
     for r in range(2):
         for c in range(2):
-            patch = images[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4, :]
+            patch = images[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4, :]
             np.testing.assert_array_equal(
                 tokens[:, 2 * r + c], patch.reshape(2, -1)
             )
@@ -59,7 +59,7 @@ def test_equals_strided_convolution_in_numpy():
     expected = np.zeros((2, 2, 2, 16), "float64")
     for r in range(2):
         for c in range(2):
-            patch = images[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4, :]
+            patch = images[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4, :]
             expected[:, r, c] = np.einsum("bijk,ijkd->bd", patch, kernel)
     expected = expected.reshape(2, 4, 16) + bias
     np.testing.assert_allclose(

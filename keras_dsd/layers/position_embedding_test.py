@@ -28,7 +28,7 @@ def test_row_half_depends_on_row_and_column_half_on_column():
     grid, dim = 4, 16
     _, table = _table(grid, dim)
     table = table[0].reshape(grid, grid, dim)  # (row, col, channel)
-    row_part, col_part = table[..., : dim // 2], table[..., dim // 2:]
+    row_part, col_part = table[..., : dim // 2], table[..., dim // 2 :]
     for r in range(grid):
         # Tokens in the same row share the row part ...
         np.testing.assert_array_equal(
@@ -51,8 +51,8 @@ def test_sin_cos_structure_and_bounds():
     assert np.all(np.abs(table) <= 1.0)
     quarter = dim // 4
     for half in (0, dim // 2):
-        sin = table[:, half:half + quarter]
-        cos = table[:, half + quarter:half + 2 * quarter]
+        sin = table[:, half : half + quarter]
+        cos = table[:, half + quarter : half + 2 * quarter]
         np.testing.assert_allclose(sin**2 + cos**2, 1.0, atol=1e-6)
     # Position (0, 0): every sine is 0 and every cosine is 1.
     expected_origin = np.tile(

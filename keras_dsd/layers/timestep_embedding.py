@@ -12,9 +12,7 @@ def sinusoidal_embedding(timesteps, dim, max_period=10000.0, scale=1000.0):
     """
     half = dim // 2
     freqs = ops.exp(
-        -math.log(max_period)
-        * ops.arange(half, dtype="float32")
-        / float(half)
+        -math.log(max_period) * ops.arange(half, dtype="float32") / float(half)
     )
     args = ops.cast(timesteps, "float32")[:, None] * scale * freqs[None, :]
     return ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)

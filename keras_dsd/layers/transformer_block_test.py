@@ -101,9 +101,7 @@ def test_block_config_round_trip():
     x, c = _inputs()
     block = DSDTransformerBlock(16, num_heads=2, mlp_ratio=2.0, name="blk")
     block(x, c)
-    restored = test_utils.assert_layer_config_round_trip(
-        block, x, c, atol=1e-5
-    )
+    restored = test_utils.assert_layer_config_round_trip(block, x, c, atol=1e-5)
     assert restored.mlp_ratio == 2.0
 
 
@@ -127,6 +125,8 @@ def test_backend_attention_matches_numpy(dtype):
     expected = (weights @ vh).transpose(0, 2, 1, 3)
     tolerance = 1e-5 if dtype == "float32" else 3e-2
     np.testing.assert_allclose(
-        test_utils.to_numpy(keras.ops.cast(outputs, "float32")), expected,
-        atol=tolerance, rtol=tolerance,
+        test_utils.to_numpy(keras.ops.cast(outputs, "float32")),
+        expected,
+        atol=tolerance,
+        rtol=tolerance,
     )

@@ -33,7 +33,8 @@ def build_digit_classifier(image_size=32):
     logits = layers.Dense(10, name="logits")(features)
     classifier = keras.Model(inputs, logits, name="digit_classifier")
     extractor = keras.Model(
-        inputs, {"features": features, "logits": logits},
+        inputs,
+        {"features": features, "logits": logits},
         name="digit_features",
     )
     return classifier, extractor
@@ -67,8 +68,14 @@ def train_digit_classifier(images, labels, epochs=3, batch_size=64, seed=0):
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    classifier.fit(images, labels, batch_size=batch_size, epochs=epochs,
-                   shuffle=True, verbose=0)
+    classifier.fit(
+        images,
+        labels,
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=True,
+        verbose=0,
+    )
     return extractor
 
 

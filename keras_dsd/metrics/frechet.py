@@ -42,8 +42,7 @@ def _check_gaussian(mu, sigma, index):
     mu = np.atleast_1d(mu)
     if mu.ndim != 1:
         raise ValueError(
-            f"`mu{index}` must be a vector of shape (d,); got shape "
-            f"{mu.shape}."
+            f"`mu{index}` must be a vector of shape (d,); got shape {mu.shape}."
         )
     d = mu.shape[0]
     sigma = np.atleast_2d(sigma)

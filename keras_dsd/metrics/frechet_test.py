@@ -35,8 +35,9 @@ def test_identical_gaussians_are_at_distance_zero():
 def test_identical_singular_gaussians_are_at_distance_zero():
     rng = np.random.default_rng(1)
     sigma = _random_covariance(rng, 16, rank=3)
-    distance = frechet.frechet_distance(np.zeros(16), sigma, np.zeros(16),
-                                        sigma)
+    distance = frechet.frechet_distance(
+        np.zeros(16), sigma, np.zeros(16), sigma
+    )
     assert 0.0 <= distance < 1e-9
 
 
@@ -152,7 +153,8 @@ def test_frechet_distance_rejects_bad_input():
     with pytest.raises(ValueError, match="same dimension"):
         frechet.frechet_distance(np.zeros(3), eye, np.zeros(2), np.eye(2))
     with pytest.raises(ValueError, match="not symmetric"):
-        frechet.frechet_distance(np.zeros(3), np.triu(np.ones((3, 3))),
-                                 np.zeros(3), eye)
+        frechet.frechet_distance(
+            np.zeros(3), np.triu(np.ones((3, 3))), np.zeros(3), eye
+        )
     with pytest.raises(ValueError, match="`sigma2` is not positive semi"):
         frechet.frechet_distance(np.zeros(3), eye, np.zeros(3), -eye)

@@ -83,9 +83,7 @@ class _RunningMoments:
                 f"The Fréchet distance needs at least 2 {name} images for a "
                 f"covariance; got {self.count}."
             )
-        frechet.check_sample_count(
-            self.count, self.sum.shape[0], on_singular
-        )
+        frechet.check_sample_count(self.count, self.sum.shape[0], on_singular)
         mean = self.sum / self.count
         sigma = (self.outer - self.count * np.outer(mean, mean)) / (
             self.count - 1
@@ -127,8 +125,9 @@ class FrechetDistance(keras.metrics.Metric):
     ```
     """
 
-    def __init__(self, feature_extractor, on_singular="warn", name=None,
-                 **kwargs):
+    def __init__(
+        self, feature_extractor, on_singular="warn", name=None, **kwargs
+    ):
         if not callable(feature_extractor):
             raise ValueError(
                 "`feature_extractor` must be a callable from images to "
@@ -142,7 +141,8 @@ class FrechetDistance(keras.metrics.Metric):
         if name is None:
             extractor_name = getattr(feature_extractor, "name", None)
             name = (
-                f"FD-{extractor_name}" if isinstance(extractor_name, str)
+                f"FD-{extractor_name}"
+                if isinstance(extractor_name, str)
                 else "frechet_distance"
             )
         super().__init__(name=name, **kwargs)
@@ -231,9 +231,16 @@ class FrechetInceptionDistance(FrechetDistance):
         - [Heusel et al., 2017](https://arxiv.org/abs/1706.08500)
     """
 
-    def __init__(self, weights_path=None, weights="imagenet",
-                 feature_extractor=None, batch_size=64, on_singular="warn",
-                 name="fid", **kwargs):
+    def __init__(
+        self,
+        weights_path=None,
+        weights="imagenet",
+        feature_extractor=None,
+        batch_size=64,
+        on_singular="warn",
+        name="fid",
+        **kwargs,
+    ):
         if feature_extractor is None:
             feature_extractor = feature_extractors.InceptionV3Features(
                 weights_path=weights_path,
@@ -290,9 +297,16 @@ class InceptionScore(keras.metrics.Metric):
         - [Salimans et al., 2016](https://arxiv.org/abs/1606.03498)
     """
 
-    def __init__(self, classifier=None, weights_path=None, weights="imagenet",
-                 num_splits=10, batch_size=64, name="inception_score",
-                 **kwargs):
+    def __init__(
+        self,
+        classifier=None,
+        weights_path=None,
+        weights="imagenet",
+        num_splits=10,
+        batch_size=64,
+        name="inception_score",
+        **kwargs,
+    ):
         super().__init__(name=name, **kwargs)
         self.num_splits = check_positive_int(num_splits, "num_splits")
         if classifier is None:
@@ -385,7 +399,7 @@ def _pairwise_blocks(rows, columns):
     column_norms = _squared_norms(columns)
     step = max(1, _BLOCK_ENTRIES // max(len(columns), 1))
     for start in range(0, len(rows), step):
-        block = rows[start:start + step]
+        block = rows[start : start + step]
         distances = (
             _squared_norms(block)[:, None]
             + column_norms[None, :]
@@ -399,7 +413,7 @@ def _knn_radii(features, k):
     radii = np.empty((len(features),))
     for start, distances in _pairwise_blocks(features, features):
         # Column k, not k - 1: the nearest "neighbour" is the point itself.
-        radii[start:start + len(distances)] = np.partition(
+        radii[start : start + len(distances)] = np.partition(
             distances, k, axis=1
         )[:, k]
     return radii
@@ -435,8 +449,10 @@ def precision_recall(real_features, generated_features, k=3):
     """
     k = check_positive_int(k, "k")
     sets = {}
-    for name, value in (("real_features", real_features),
-                        ("generated_features", generated_features)):
+    for name, value in (
+        ("real_features", real_features),
+        ("generated_features", generated_features),
+    ):
         array = to_numpy(value, name).astype("float64")
         if array.ndim != 2:
             raise ValueError(
@@ -480,8 +496,9 @@ class PrecisionRecall(keras.metrics.Metric):
         name: string. Defaults to `"precision_recall"`.
     """
 
-    def __init__(self, feature_extractor, k=3, name="precision_recall",
-                 **kwargs):
+    def __init__(
+        self, feature_extractor, k=3, name="precision_recall", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
         if not callable(feature_extractor):
             raise ValueError(
@@ -500,8 +517,7 @@ class PrecisionRecall(keras.metrics.Metric):
             features = _features(self.feature_extractor, real, "real")
             self._real.append(features.astype("float32"))
         if generated is not None:
-            features = _features(self.feature_extractor, generated,
-                                 "generated")
+            features = _features(self.feature_extractor, generated, "generated")
             self._generated.append(features.astype("float32"))
 
     def result(self):

@@ -41,8 +41,7 @@ def test_running_moments_match_numpy_with_a_large_mean():
         moments.update(chunk)
     mu, sigma = moments.statistics("real", "raise")
     np.testing.assert_allclose(mu, features.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(sigma, np.cov(features.T), rtol=1e-8,
-                               atol=1e-8)
+    np.testing.assert_allclose(sigma, np.cov(features.T), rtol=1e-8, atol=1e-8)
 
 
 def test_frechet_distance_accumulates_batches():
@@ -226,8 +225,10 @@ def _brute_force_precision_recall(real, generated, k):
         distances = np.linalg.norm(points[:, None] - centers[None], axis=-1)
         return np.mean(np.any(distances <= radius[None], axis=1))
 
-    return (coverage(generated, real, radii(real)),
-            coverage(real, generated, radii(generated)))
+    return (
+        coverage(generated, real, radii(real)),
+        coverage(real, generated, radii(generated)),
+    )
 
 
 def test_precision_recall_identical_and_disjoint_sets():

@@ -114,9 +114,10 @@ def get_loader(preset, backbone_base):
             f"preset={preset!r} is not a readable keras_dsd preset "
             f"({type(e).__name__}: {_one_line(e)})."
         ) from e
-    if not (isinstance(backbone_cls, type) and issubclass(
-        backbone_cls, backbone_base
-    )):
+    if not (
+        isinstance(backbone_cls, type)
+        and issubclass(backbone_cls, backbone_base)
+    ):
         raise ValueError(
             f"preset={preset!r} holds a `{registered}`, not a "
             f"`{backbone_base.__name__}`: it is a preset of another "
@@ -137,9 +138,11 @@ def load_backbone(cls, preset, load_weights=True, **kwargs):
     )
     backbone = loader.load_backbone(backbone_cls, False, **kwargs)
     if load_weights and not architecture_changed:
-        _load(preset, WEIGHTS_FILE, lambda: loader._load_backbone_weights(
-            backbone
-        ))
+        _load(
+            preset,
+            WEIGHTS_FILE,
+            lambda: loader._load_backbone_weights(backbone),
+        )
     return backbone
 
 
@@ -245,9 +248,9 @@ def _write_backbone(staging, backbone, weights_from, max_shard_size):
     else:
         saver._save_serialized_object(backbone, CONFIG_FILE)
         saver._save_metadata(backbone)
-        size_gb = saver._get_variables_size_in_bytes(
-            weights_from.variables
-        ) / 1024**3
+        size_gb = (
+            saver._get_variables_size_in_bytes(weights_from.variables) / 1024**3
+        )
         if max_shard_size is not None and size_gb > max_shard_size:
             weights_from.save_weights(
                 os.path.join(staging, SHARDED_WEIGHTS_FILE),
@@ -260,8 +263,9 @@ def _write_backbone(staging, backbone, weights_from, max_shard_size):
     path = os.path.join(staging, METADATA_FILE)
     with open(path) as f:
         metadata = json.load(f)
-    metadata.update({"keras_dsd_version": __version__,
-                     "keras_dsd_layout": LAYOUT})
+    metadata.update(
+        {"keras_dsd_version": __version__, "keras_dsd_layout": LAYOUT}
+    )
     with open(path, "w") as f:
         json.dump(metadata, f, indent=4)
 

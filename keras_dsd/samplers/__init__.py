@@ -101,9 +101,11 @@ def heun(velocity_fn, latents, timesteps):
 
 
 def check_num_steps(num_steps):
-    if isinstance(num_steps, bool) or not isinstance(
-        num_steps, (int, np.integer)
-    ) or num_steps < 1:
+    if (
+        isinstance(num_steps, bool)
+        or not isinstance(num_steps, (int, np.integer))
+        or num_steps < 1
+    ):
         raise ValueError(
             f"`num_steps` must be an int >= 1, got num_steps={num_steps!r}."
         )

@@ -18,7 +18,6 @@
   compared with training on the whole batch.
 """
 
-
 import keras
 import numpy as np
 
@@ -55,8 +54,9 @@ def random_labels(num_images, num_classes=3, seed=0):
     return rng.integers(0, num_classes, (num_images,)).astype("int32")
 
 
-def photo_like_image(height, width, rng, num_blobs=4, blob_size=0.02,
-                     noise=4.0):
+def photo_like_image(
+    height, width, rng, num_blobs=4, blob_size=0.02, noise=4.0
+):
     """A uint8 `(height, width, 3)` image with photo-like statistics.
 
     Per-channel linear and bilinear gradients, `num_blobs` soft Gaussian
@@ -70,9 +70,7 @@ def photo_like_image(height, width, rng, num_blobs=4, blob_size=0.02,
         image[..., channel] = 128 + 80 * (a * x + b * y + c * x * y)
     for _ in range(num_blobs):
         cy, cx, r = rng.uniform(0, 1, 3)
-        blob = np.exp(
-            -((y - cy) ** 2 + (x - cx) ** 2) / (blob_size + 0.05 * r)
-        )
+        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (blob_size + 0.05 * r))
         image += blob[..., None] * rng.uniform(-90, 90, 3)
     image += rng.normal(0, noise, image.shape)
     return np.clip(np.round(image), 0, 255).astype("uint8")
@@ -83,9 +81,9 @@ def randomize_weights(layer, seed=0, stddev=0.3):
     rng = np.random.default_rng(seed)
     for weight in layer.weights:
         value = rng.normal(0.0, stddev, tuple(weight.shape))
-        weight.assign(value.astype(keras.backend.standardize_dtype(
-            weight.dtype
-        )))
+        weight.assign(
+            value.astype(keras.backend.standardize_dtype(weight.dtype))
+        )
     return layer
 
 
@@ -107,9 +105,7 @@ def assert_layer_config_round_trip(layer, *inputs, atol=1e-6, **call_kwargs):
     restored(*inputs, **call_kwargs)
     assert len(restored.weights) == len(layer.weights)
     restored.set_weights(layer.get_weights())
-    expected = keras.tree.map_structure(
-        to_numpy, layer(*inputs, **call_kwargs)
-    )
+    expected = keras.tree.map_structure(to_numpy, layer(*inputs, **call_kwargs))
     actual = keras.tree.map_structure(
         to_numpy, restored(*inputs, **call_kwargs)
     )
@@ -149,7 +145,8 @@ def value_and_grad(fn, variables_or_tensor):
         shapes = [tuple(tensor.shape)]
 
     value, grads = backend.value_and_grad(
-        fn, variables if is_variables else None,
+        fn,
+        variables if is_variables else None,
         None if is_variables else tensor,
     )
     grads = [

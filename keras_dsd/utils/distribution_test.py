@@ -19,8 +19,9 @@ def test_batch_size_must_divide_over_devices():
         backend="jax", num_replicas=4, description="4 gpu device(s)"
     )
     assert context.per_process_batch_size(8) == 8
-    with pytest.raises(ValueError, match="batch size 6 is not divisible by "
-                                         "the 4 devices"):
+    with pytest.raises(
+        ValueError, match="batch size 6 is not divisible by the 4 devices"
+    ):
         context.per_process_batch_size(6)
     # torch processes read their own shards; JAX hosts get the global
     # stream, which Keras splits.

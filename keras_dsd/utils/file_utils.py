@@ -37,6 +37,7 @@ def write_json(path, value, default=None):
     `default` is passed to `json.dump` for objects it cannot serialise.
     Returns `path`.
     """
+
     def write(tmp_path):
         with open(tmp_path, "w") as f:
             json.dump(value, f, indent=2, default=default)

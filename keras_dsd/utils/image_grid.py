@@ -32,7 +32,7 @@ def make_grid(images, rows, padding=2, pad_value=255):
         r, c = divmod(index, cols)
         top = padding + r * (height + padding)
         left = padding + c * (width + padding)
-        grid[top:top + height, left:left + width] = image
+        grid[top : top + height, left : left + width] = image
     return grid
 
 

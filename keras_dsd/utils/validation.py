@@ -103,8 +103,7 @@ def check_labels(labels, num_classes, name="class_labels", allow_null=False):
             array = array.astype("int64")
         else:
             raise ValueError(
-                f"`{name}` must hold integer class ids; got "
-                f"{_describe(array)}."
+                f"`{name}` must hold integer class ids; got {_describe(array)}."
             )
     high = num_classes + 1 if allow_null else num_classes
     bad = array[(array < 0) | (array >= high)] if array.size else array
@@ -141,9 +140,11 @@ def check_not_empty(array, name):
 
 
 def check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(
-        value, (int, np.integer)
-    ) or value < 1:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 1
+    ):
         raise ValueError(f"`{name}` must be an int >= 1, got {name}={value!r}.")
     return int(value)
 

@@ -84,8 +84,13 @@ class DSDBackbone(Backbone):
         **kwargs,
     ):
         _validate_architecture(
-            image_size, patch_size, latent_channels, hidden_dim, num_layers,
-            num_heads, num_classes,
+            image_size,
+            patch_size,
+            latent_channels,
+            hidden_dim,
+            num_layers,
+            num_heads,
+            num_classes,
         )
         grid_size = image_size // patch_size
 
@@ -121,15 +126,23 @@ class DSDBackbone(Backbone):
         # The encoder head is not zero-initialised: a zero output would sit
         # at the singular point of the LayerNorm that follows it.
         self.encoder_head = FinalLayer(
-            hidden_dim, latent_channels, zero_init=False, dtype=dtype,
+            hidden_dim,
+            latent_channels,
+            zero_init=False,
+            dtype=dtype,
             name="encoder_head",
         )
         self.latent_norm = keras.layers.LayerNormalization(
-            epsilon=1e-6, center=False, scale=False, dtype="float32",
+            epsilon=1e-6,
+            center=False,
+            scale=False,
+            dtype="float32",
             name="latent_norm",
         )
         self.decoder_head = FinalLayer(
-            hidden_dim, patch_size * patch_size * 3, dtype=dtype,
+            hidden_dim,
+            patch_size * patch_size * 3,
+            dtype=dtype,
             name="decoder_head",
         )
         self.denoiser_head = FinalLayer(
@@ -299,8 +312,13 @@ class DSDBackbone(Backbone):
 
 
 def _validate_architecture(
-    image_size, patch_size, latent_channels, hidden_dim, num_layers,
-    num_heads, num_classes,
+    image_size,
+    patch_size,
+    latent_channels,
+    hidden_dim,
+    num_layers,
+    num_heads,
+    num_classes,
 ):
     for name, value in (
         ("image_size", image_size),

@@ -52,9 +52,7 @@ def test_role_shapes_and_dtypes():
 
 def test_fresh_heads_decode_and_denoise_to_zero():
     # DiT-style zero-initialised output heads.
-    _, images, predictions = _all_outputs(
-        test_utils.tiny_backbone(), _inputs()
-    )
+    _, images, predictions = _all_outputs(test_utils.tiny_backbone(), _inputs())
     np.testing.assert_array_equal(images, 0.0)
     np.testing.assert_array_equal(predictions, 0.0)
 
@@ -102,8 +100,12 @@ def test_roles_share_the_trunk_but_differ():
     assert np.abs(base - other_y).max() > 1e-4
     # One trunk: the only per-role weights are the heads and embeddings.
     names = {w.path.split("/")[0] for w in backbone.weights}
-    assert {"transformer_block_0", "encoder_head", "decoder_head",
-            "denoiser_head"} <= names
+    assert {
+        "transformer_block_0",
+        "encoder_head",
+        "decoder_head",
+        "denoiser_head",
+    } <= names
     assert not any("transformer_block_1" in n for n in names)
 
 
@@ -126,8 +128,9 @@ def test_config_round_trip():
     assert restored.count_params() == backbone.count_params()
     restored.set_weights(backbone.get_weights())
     inputs = _inputs()
-    for a, b in zip(_all_outputs(restored, inputs),
-                    _all_outputs(backbone, inputs)):
+    for a, b in zip(
+        _all_outputs(restored, inputs), _all_outputs(backbone, inputs)
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -176,8 +179,9 @@ def test_save_to_preset_and_from_preset(tmp_path):
     restored = DSDBackbone.from_preset(preset_dir)
     assert restored.get_config() == backbone.get_config()
     inputs = _inputs()
-    for a, b in zip(_all_outputs(restored, inputs),
-                    _all_outputs(backbone, inputs)):
+    for a, b in zip(
+        _all_outputs(restored, inputs), _all_outputs(backbone, inputs)
+    ):
         np.testing.assert_array_equal(a, b)
 
     # load_weights=False gives the architecture with fresh weights.
@@ -206,7 +210,10 @@ def test_builtin_preset_with_overrides():
     preset = presets["dsd_tiny"]["config"]
     image_size = 2 * preset["patch_size"]
     backbone = DSDBackbone.from_preset(
-        "dsd_tiny", image_size=image_size, num_layers=1, hidden_dim=16,
+        "dsd_tiny",
+        image_size=image_size,
+        num_layers=1,
+        hidden_dim=16,
         num_heads=2,
     )
     assert backbone.image_size == image_size and backbone.num_layers == 1
@@ -285,12 +292,16 @@ class DSDBackboneKerasHubTest(TestCase):
         outputs = backbone(self.input_data)
         # The latent is normalised in float32; the two other heads compute
         # in the policy's dtype.
-        expected = {"latents": "float32", "reconstructions": "float16",
-                    "predictions": "float16"}
+        expected = {
+            "latents": "float32",
+            "reconstructions": "float16",
+            "predictions": "float16",
+        }
         for key, dtype in expected.items():
             self.assertEqual(spec[key].dtype, dtype)
-            self.assertEqual(keras.backend.standardize_dtype(
-                outputs[key].dtype), dtype)
+            self.assertEqual(
+                keras.backend.standardize_dtype(outputs[key].dtype), dtype
+            )
         self.assertEqual(backbone.latent_norm.compute_dtype, "float32")
         self.assertEqual(backbone.patch_embedding.compute_dtype, "float16")
         for weight in backbone.weights:
@@ -340,6 +351,7 @@ def test_keras_hub_backbone_from_preset_finds_it(tmp_path):
     assert "dsd_tiny" in DSDBackbone.presets
     assert "dsd_b" in keras_hub.models.Backbone.presets
     inputs = _inputs()
-    for a, b in zip(_all_outputs(restored, inputs),
-                    _all_outputs(backbone, inputs)):
+    for a, b in zip(
+        _all_outputs(restored, inputs), _all_outputs(backbone, inputs)
+    ):
         np.testing.assert_array_equal(a, b)

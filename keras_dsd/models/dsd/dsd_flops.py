@@ -42,8 +42,12 @@ ROLES = ("encode", "decode", "denoise")
 TIMESTEP_FREQUENCY_DIM = 256
 
 _KEYS = (
-    "image_size", "patch_size", "latent_channels", "hidden_dim",
-    "num_layers", "num_heads",
+    "image_size",
+    "patch_size",
+    "latent_channels",
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
 )
 
 
@@ -90,9 +94,7 @@ def role_flops(backbone, role):
         int. FLOPs (two per multiply-add) of the role's matrix products.
     """
     if role not in ROLES:
-        raise ValueError(
-            f"dsd_flops: role={role!r} is not one of {ROLES}."
-        )
+        raise ValueError(f"dsd_flops: role={role!r} is not one of {ROLES}.")
     config = _architecture(backbone)
     p = config["patch_size"]
     n = (config["image_size"] // p) ** 2
@@ -107,9 +109,7 @@ def role_flops(backbone, role):
     if role == "decode":
         return 2 * n * c * d + trunk + head_modulation + 2 * n * d * pixels
     time_mlp = 2 * TIMESTEP_FREQUENCY_DIM * d + 2 * d * d
-    return (
-        2 * n * c * d + time_mlp + trunk + head_modulation + 2 * n * d * c
-    )
+    return 2 * n * c * d + time_mlp + trunk + head_modulation + 2 * n * d * c
 
 
 def training_step_flops(backbone, teacher=True):

@@ -48,9 +48,7 @@ def test_hand_count_of_the_tiny_config():
     assert dsd_flops.role_flops(TINY_CONFIG, "denoise") == 39424
     # 3 x (forward + backward) of the online roles + the teacher's encode.
     assert dsd_flops.training_step_flops(TINY_CONFIG) == 372736
-    assert dsd_flops.training_step_flops(TINY_CONFIG, teacher=False) == (
-        336384
-    )
+    assert dsd_flops.training_step_flops(TINY_CONFIG, teacher=False) == (336384)
     assert dsd_flops.sampling_flops(TINY_CONFIG, 4) == 4 * 39424 + 36352
 
 
@@ -83,8 +81,10 @@ def _dot_flops(jaxpr):
             # ((lhs, rhs) contracting dims, (lhs, rhs) batch dims)
             lhs = eqn.invars[0].aval.shape
             out = eqn.outvars[0].aval.shape
-            total += 2 * int(np.prod(out)) * int(
-                np.prod([lhs[i] for i in contracting])
+            total += (
+                2
+                * int(np.prod(out))
+                * int(np.prod([lhs[i] for i in contracting]))
             )
         for param in eqn.params.values():
             for sub in param if isinstance(param, (list, tuple)) else [param]:
@@ -143,6 +143,7 @@ def test_forward_roles_match_the_jaxpr_and_xla():
     variables = backbone.variables
 
     for role, call in calls.items():
+
         def pure(values, call=call):
             with keras.StatelessScope(
                 state_mapping=list(zip(variables, values))
@@ -176,7 +177,9 @@ def test_training_step_matches_the_jaxpr_and_xla():
     time_input_gradient = 2 * 256 * 64
     latent_covariance = 2 * 16 * 8 * 8
     assert dots == (
-        expected - patch_input_gradient - time_input_gradient
+        expected
+        - patch_input_gradient
+        - time_input_gradient
         + latent_covariance
     )
     ratio = _xla_flops(step, state, data) / batch / expected

@@ -325,9 +325,7 @@ class DSDImageGenerator(keras.Model):
         """Training times `t`, one per example of `latents`, in `(0, 1)`."""
         batch_size = ops.shape(latents)[0]
         if self.time_distribution == "uniform":
-            return keras.random.uniform(
-                (batch_size,), seed=self.seed_generator
-            )
+            return keras.random.uniform((batch_size,), seed=self.seed_generator)
         normal = keras.random.normal((batch_size,), seed=self.seed_generator)
         return ops.sigmoid(self.time_mean + self.time_std * normal)
 
@@ -400,9 +398,7 @@ class DSDImageGenerator(keras.Model):
         before = self._optimizer_updates()
         logs = super().train_step(*args)
         applied = ops.not_equal(self._optimizer_updates(), before)
-        for variable, value in self._shadow_updates(
-            lambda v: v.value, applied
-        ):
+        for variable, value in self._shadow_updates(lambda v: v.value, applied):
             variable.assign(value)
         return logs
 
@@ -441,8 +437,12 @@ class DSDImageGenerator(keras.Model):
         # `k`: EMA updates done before this one.
         k = ops.cast(step, "float32")
         updates = [
-            (self.ema_step, ops.cast(step + ops.cast(applied, step.dtype),
-                                     self.ema_step.dtype))
+            (
+                self.ema_step,
+                ops.cast(
+                    step + ops.cast(applied, step.dtype), self.ema_step.dtype
+                ),
+            )
         ]
         for shadow, decay in self._shadows():
             decay_k = ops.convert_to_tensor(decay, "float32")
@@ -528,8 +528,15 @@ class DSDImageGenerator(keras.Model):
             )
         return self._inference_functions[key]
 
-    def generate_step(self, noise, labels, num_steps=32, sampler="heun",
-                      guidance_scale=None, time_shift=1.0):
+    def generate_step(
+        self,
+        noise,
+        labels,
+        num_steps=32,
+        sampler="heun",
+        guidance_scale=None,
+        time_shift=1.0,
+    ):
         """Noise `(B, N, c)` and labels `(B,)` -> `{"images", "latents"}`:
         float32 images in about `[-1, 1]` and the sampled latents.
 
@@ -563,9 +570,17 @@ class DSDImageGenerator(keras.Model):
         latents = samplers.get(sampler)(velocity, noise, timesteps)
         return {"images": network.decode(latents), "latents": latents}
 
-    def generate(self, class_labels, num_steps=32, sampler="heun", seed=None,
-                 guidance_scale=None, time_shift=1.0, batch_size=64,
-                 return_latents=False):
+    def generate(
+        self,
+        class_labels,
+        num_steps=32,
+        sampler="heun",
+        seed=None,
+        guidance_scale=None,
+        time_shift=1.0,
+        batch_size=64,
+        return_latents=False,
+    ):
         """Generates class-conditional images with the sampling-EMA weights.
 
         Integrates the probability-flow ODE from Gaussian noise at `t = 0` to
@@ -608,9 +623,11 @@ class DSDImageGenerator(keras.Model):
                 f"`guidance_scale` must be a finite float or None, got "
                 f"{guidance_scale!r}."
             )
-        noise = np.random.default_rng(seed).standard_normal(
-            (len(labels), *network.latent_shape)
-        ).astype("float32")
+        noise = (
+            np.random.default_rng(seed)
+            .standard_normal((len(labels), *network.latent_shape))
+            .astype("float32")
+        )
 
         def step(noise, labels):
             outputs = self.generate_step(
@@ -777,7 +794,7 @@ def _batched(fn, arrays, batch_size):
     batch_size = min(batch_size, total)
     outputs = []
     for start in range(0, total, batch_size):
-        chunk = [a[start:start + batch_size] for a in arrays]
+        chunk = [a[start : start + batch_size] for a in arrays]
         real = len(chunk[0])
         if real < batch_size:
             chunk = [

@@ -32,11 +32,16 @@ class _GeneratorWithState(DSDImageGenerator):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.extra_count = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False,
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
             name="extra_count",
         )
         self.extra_table = self.add_weight(
-            shape=(2, 3), initializer="zeros", trainable=False,
+            shape=(2, 3),
+            initializer="zeros",
+            trainable=False,
             name="extra_table",
         )
 
@@ -48,7 +53,8 @@ def _task_level_variables(model):
     preset (or a `.keras` file) draws its noise from the seed again."""
     in_networks = {id(v) for n in _networks(model) for v in n.variables}
     return [
-        v for v in model.variables
+        v
+        for v in model.variables
         if id(v) not in in_networks
         and not v.path.endswith("seed_generator_state")
     ]
@@ -58,9 +64,7 @@ def _trained_model(cls=DSDImageGenerator):
     backbone = test_utils.randomize_weights(
         test_utils.tiny_backbone(), seed=1, stddev=0.2
     )
-    model = cls(
-        backbone, teacher_decay=0.5, ema_decay=0.9, seed=0
-    )
+    model = cls(backbone, teacher_decay=0.5, ema_decay=0.9, seed=0)
     model.compile(jit_compile=False, run_eagerly=True)
     images = test_utils.random_images(2)
     labels = test_utils.random_labels(2)
@@ -96,8 +100,11 @@ def _h5_num_values(path):
     total = []
     with h5py.File(path, "r") as f:
         f.visititems(
-            lambda _, obj: total.append(obj.size)
-            if isinstance(obj, h5py.Dataset) else None
+            lambda _, obj: (
+                total.append(obj.size)
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
         )
     return sum(total)
 
@@ -119,7 +126,10 @@ def _snapshot(folder):
 def test_task_preset_layout_stores_each_network_once(saved):
     model, preset_dir, _ = saved
     assert set(os.listdir(preset_dir)) == {
-        "config.json", "metadata.json", "model.weights.h5", "task.json",
+        "config.json",
+        "metadata.json",
+        "model.weights.h5",
+        "task.json",
         "task.weights.h5",
     }
     with open(os.path.join(preset_dir, "metadata.json")) as f:
@@ -131,9 +141,9 @@ def test_task_preset_layout_stores_each_network_once(saved):
     # and the teacher (2 x params) plus the few task-level values (7 in
     # `_GeneratorWithState`, and any counter of the task itself), no
     # optimizer and no third copy.
-    assert _h5_num_values(
-        os.path.join(preset_dir, "model.weights.h5")
-    ) == params
+    assert (
+        _h5_num_values(os.path.join(preset_dir, "model.weights.h5")) == params
+    )
     task_values = _h5_num_values(os.path.join(preset_dir, "task.weights.h5"))
     assert 2 * params <= task_values <= 2 * params + 64
     # keras-hub's own checks, the ones `keras_hub.upload_preset` runs.
@@ -192,8 +202,7 @@ def test_old_layout_still_loads(tmp_path):
     model = _trained_model()
     folder = str(tmp_path / "old")
     os.makedirs(folder)
-    for name, obj in (("config.json", model.backbone),
-                      ("task.json", model)):
+    for name, obj in (("config.json", model.backbone), ("task.json", model)):
         serialized = keras.saving.serialize_keras_object(obj)
         serialized.pop("compile_config", None)
         with open(os.path.join(folder, name), "w") as f:
@@ -219,25 +228,27 @@ def _serve_from(folder, calls):
     return fetch
 
 
-@pytest.mark.parametrize("handle", [
-    "hf://someone/dsd-tiny-digits",
-    "kaggle://someone/dsd/keras/dsd_tiny",
-    "gs://bucket/dsd_tiny",
-])
+@pytest.mark.parametrize(
+    "handle",
+    [
+        "hf://someone/dsd-tiny-digits",
+        "kaggle://someone/dsd/keras/dsd_tiny",
+        "gs://bucket/dsd_tiny",
+    ],
+)
 def test_remote_handles_go_through_keras_hub(saved, handle, monkeypatch):
     model, preset_dir, _ = saved
     calls = []
     fetch = _serve_from(preset_dir, calls)
     if handle.startswith("hf://"):
         monkeypatch.setattr(
-            hub_preset_utils.huggingface_hub, "hf_hub_download",
+            hub_preset_utils.huggingface_hub,
+            "hf_hub_download",
             lambda repo_id, filename: fetch(repo_id, filename),
         )
         expected_handle = "someone/dsd-tiny-digits"
     elif handle.startswith("kaggle://"):
-        monkeypatch.setattr(
-            hub_preset_utils.kagglehub, "model_download", fetch
-        )
+        monkeypatch.setattr(hub_preset_utils.kagglehub, "model_download", fetch)
         expected_handle = "someone/dsd/keras/dsd_tiny"
     else:
         monkeypatch.setattr(
@@ -251,8 +262,12 @@ def test_remote_handles_go_through_keras_hub(saved, handle, monkeypatch):
     backbone = DSDBackbone.from_preset(handle)
     _assert_same(backbone.weights, model.ema_backbone.weights)
     fetched = {path for h, path in calls if h == expected_handle}
-    assert {"config.json", "task.json", "model.weights.h5",
-            "task.weights.h5"} <= fetched
+    assert {
+        "config.json",
+        "task.json",
+        "model.weights.h5",
+        "task.weights.h5",
+    } <= fetched
 
 
 def test_upload_preset_uploads_the_folder(saved, monkeypatch):
@@ -266,7 +281,8 @@ def test_upload_preset_uploads_the_folder(saved, monkeypatch):
     monkeypatch.setattr(hf, "create_repo", lambda repo_id, exist_ok: Repo)
     monkeypatch.setattr(hf, "file_exists", lambda repo_id, filename: True)
     monkeypatch.setattr(
-        hf, "upload_folder",
+        hf,
+        "upload_folder",
         lambda repo_id, folder_path: uploads.append((repo_id, folder_path)),
     )
     keras_hub.upload_preset("hf://someone/dsd-tiny-digits", preset_dir)
@@ -298,8 +314,15 @@ def test_unknown_scheme():
 def _write_config(folder, registered_name, name="config.json"):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, name), "w") as f:
-        json.dump({"module": "x", "class_name": registered_name.split(">")[-1],
-                   "config": {}, "registered_name": registered_name}, f)
+        json.dump(
+            {
+                "module": "x",
+                "class_name": registered_name.split(">")[-1],
+                "config": {},
+                "registered_name": registered_name,
+            },
+            f,
+        )
 
 
 def test_preset_of_another_architecture(tmp_path):
@@ -323,7 +346,8 @@ def test_preset_of_another_keras_dsd_class(saved, tmp_path):
     _write_config(folder, "keras_dsd>DSDBackbone", name="task.json")
     _assert_one_line_error(
         lambda: DSDImageGenerator.from_preset(folder),
-        "not a `DSDImageGenerator`", folder,
+        "not a `DSDImageGenerator`",
+        folder,
     )
 
 
@@ -374,8 +398,11 @@ def _datasets(images, labels):
     yield "numpy", (images, labels), {"batch_size": 2}
     import tensorflow as tf
 
-    yield "tf.data", (tf.data.Dataset.from_tensor_slices(
-        (images, labels)).batch(2), None), {}
+    yield (
+        "tf.data",
+        (tf.data.Dataset.from_tensor_slices((images, labels)).batch(2), None),
+        {},
+    )
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
@@ -427,7 +454,8 @@ def test_int8_quantized_inference():
     float_latents = model.encode(images)
     model.quantize("int8")
     dense = [
-        layer for layer in model.inference_backbone._flatten_layers()
+        layer
+        for layer in model.inference_backbone._flatten_layers()
         if isinstance(layer, keras.layers.Dense)
     ]
     assert dense and all(d.quantization_mode == "int8" for d in dense)

@@ -52,8 +52,13 @@ def _compile_fast(model, **kwargs):
 
 
 def _fit(model, x, y=None, **kwargs):
-    kwargs = {"batch_size": BATCH_SIZE, "epochs": 1, "verbose": 0,
-              "shuffle": False, **kwargs}
+    kwargs = {
+        "batch_size": BATCH_SIZE,
+        "epochs": 1,
+        "verbose": 0,
+        "shuffle": False,
+        **kwargs,
+    }
     return model.fit(x, y, **kwargs)
 
 
@@ -76,9 +81,7 @@ def _assert_finite_logs(history, diffusion_loss_weight=1.0):
 
 
 def _weights_equal(a, b):
-    return len(a) == len(b) and all(
-        np.array_equal(x, y) for x, y in zip(a, b)
-    )
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def _numpy_ema(initial, updates, decay):
@@ -119,7 +122,10 @@ def trained():
     images, labels = _data()
     history = _fit(model, images, labels)
     return types.SimpleNamespace(
-        model=model, history=history, initial=initial, images=images,
+        model=model,
+        history=history,
+        initial=initial,
+        images=images,
         labels=labels,
     )
 
@@ -152,8 +158,11 @@ def test_networks_per_objective_and_teacher():
 
 def test_config_round_trip():
     model = _model(
-        objective="decoupled", teacher="online", label_dropout=0.1,
-        time_distribution="uniform", t_min=0.1,
+        objective="decoupled",
+        teacher="online",
+        label_dropout=0.1,
+        time_distribution="uniform",
+        t_min=0.1,
     )
     config = model.get_config()
     restored = DSDImageGenerator.from_config(config)
@@ -185,14 +194,16 @@ def test_one_step_fit(objective, teacher):
 def test_fit_with_dict_input():
     model = _compile_fast(
         _model(
-            label_dropout=0.5, time_distribution="uniform",
+            label_dropout=0.5,
+            time_distribution="uniform",
             diffusion_loss_weight=2.0,
         )
     )
     images, labels = _data(4)
     callback = RecordWeights()
-    history = _fit(model, {"images": images, "labels": labels},
-                   callbacks=[callback])
+    history = _fit(
+        model, {"images": images, "labels": labels}, callbacks=[callback]
+    )
     assert len(callback.weights) == 2
     # Two steps: the logs are means over the epoch, still loss = sum.
     _assert_finite_logs(history, diffusion_loss_weight=2.0)
@@ -266,8 +277,7 @@ def test_ema_after_three_steps():
 def test_ema_without_warmup():
     backbone = _random_backbone()
     initial = backbone.get_weights()
-    model = _model(backbone, teacher_decay=0.5, ema_decay=0.8,
-                   ema_warmup=False)
+    model = _model(backbone, teacher_decay=0.5, ema_decay=0.8, ema_warmup=False)
     _compile_fast(
         model,
         optimizer=keras.optimizers.AdamW(learning_rate=1e-2, weight_decay=0),
@@ -275,12 +285,15 @@ def test_ema_without_warmup():
     images, labels = _data(4)
     callback = RecordWeights()
     _fit(model, images, labels, callbacks=[callback])
-    for shadow, decay in ((model.teacher_backbone, 0.5),
-                          (model.ema_backbone, 0.8)):
+    for shadow, decay in (
+        (model.teacher_backbone, 0.5),
+        (model.ema_backbone, 0.8),
+    ):
         expected = [w.astype("float64") for w in initial]
         for weights in callback.weights:
-            expected = [decay * s + (1 - decay) * w
-                        for s, w in zip(expected, weights)]
+            expected = [
+                decay * s + (1 - decay) * w for s, w in zip(expected, weights)
+            ]
         _assert_weights_close(shadow.get_weights(), expected)
 
 
@@ -361,9 +374,11 @@ def test_generate_matches_an_independent_sampling_loop(trained, sampler):
     z = np.random.default_rng(3).standard_normal((2, 4, 4))
 
     def velocity(z, t):
-        prediction = test_utils.to_numpy(network.denoise(
-            z.astype("float32"), np.full((2,), t, "float32"), labels
-        ))
+        prediction = test_utils.to_numpy(
+            network.denoise(
+                z.astype("float32"), np.full((2,), t, "float32"), labels
+            )
+        )
         return (prediction - z) / max(1.0 - t, 1e-4)
 
     if sampler == "heun":
@@ -419,8 +434,9 @@ def test_generate_without_ema_uses_trained_weights():
     backbone = _random_backbone()
     model = _model(backbone, ema_decay=None)
     assert model.inference_backbone is backbone
-    _, latents = model.generate(LABELS, num_steps=1, sampler="euler", seed=0,
-                                return_latents=True)
+    _, latents = model.generate(
+        LABELS, num_steps=1, sampler="euler", seed=0, return_latents=True
+    )
     # One Euler step from t = 0 lands on the network's clean-latent
     # prediction for the noise.
     noise = np.random.default_rng(0).standard_normal((2, 4, 4))
@@ -508,17 +524,24 @@ def test_save_to_preset_and_from_preset(trained, tmp_path):
     preset_dir = str(tmp_path / "preset")
     model.save_to_preset(preset_dir)
     files = set(os.listdir(preset_dir))
-    assert {"config.json", "model.weights.h5", "metadata.json",
-            "task.json", "task.weights.h5"} <= files
+    assert {
+        "config.json",
+        "model.weights.h5",
+        "metadata.json",
+        "task.json",
+        "task.weights.h5",
+    } <= files
     restored = DSDImageGenerator.from_preset(preset_dir)
     _assert_same_model(restored, model)
     # The backbone files alone hold the weights to generate with: the
     # sampling EMA, not the trained network.
     backbone = DSDBackbone.from_preset(preset_dir)
-    assert _weights_equal(backbone.get_weights(),
-                          model.ema_backbone.get_weights())
-    assert not _weights_equal(backbone.get_weights(),
-                              model.backbone.get_weights())
+    assert _weights_equal(
+        backbone.get_weights(), model.ema_backbone.get_weights()
+    )
+    assert not _weights_equal(
+        backbone.get_weights(), model.backbone.get_weights()
+    )
     # Task arguments can be overridden.
     naive = DSDImageGenerator.from_preset(preset_dir, objective="naive")
     assert naive.objective == "naive"
@@ -565,8 +588,16 @@ def fresh():
         (np.full((8, 8, 8, 3), np.nan, "float32"), r"`images` contains NaN"),
         (np.full((8, 8, 8, 3), "a"), r"`images`"),
     ],
-    ids=["rank3", "gray", "12x12", "10x10", "negative", "over255", "nan",
-         "string"],
+    ids=[
+        "rank3",
+        "gray",
+        "12x12",
+        "10x10",
+        "negative",
+        "over255",
+        "nan",
+        "string",
+    ],
 )
 def test_bad_images(fresh, images, match):
     labels = np.zeros((len(images),), "int32")
@@ -712,11 +743,12 @@ def test_mixed_bfloat16_training():
         assert np.all(np.isfinite(values)), key
     assert not _weights_equal(model.backbone.get_weights(), initial)
     # float32 master weights, teacher and sampling EMA ...
-    for network in (model.backbone, model.teacher_backbone,
-                    model.ema_backbone):
+    for network in (model.backbone, model.teacher_backbone, model.ema_backbone):
         assert {str(w.dtype) for w in network.weights} == {"float32"}
     assert {str(v.dtype) for v in model.optimizer.variables} <= {
-        "float32", "int64", "int32"
+        "float32",
+        "int64",
+        "int32",
     }
     # ... bfloat16 matmuls in the trunk, float32 in the sensitive layers.
     block = model.backbone.transformer_blocks[0]
@@ -746,8 +778,8 @@ def test_compile_config_from_another_backend_is_not_replayed(trained):
 # teacher holds weights of its own, so swapping the online and the target
 # latent changes the loss.
 PIN_TIMES = np.array([0.2, 0.6, 0.97], "float32")
-PIN_NOISE = np.random.default_rng(9).standard_normal((3, 4, 4)).astype(
-    "float32"
+PIN_NOISE = (
+    np.random.default_rng(9).standard_normal((3, 4, 4)).astype("float32")
 )
 PIN_LABELS = np.array([0, 1, 2], "int32")
 PIN_DROP = np.array([False, True, False])
@@ -773,12 +805,14 @@ class PinnedGenerator(DSDImageGenerator):
 
 def _pinned_model(objective, label_dropout=0.5):
     model = PinnedGenerator(
-        _random_backbone(), objective=objective, seed=0,
-        diffusion_loss_weight=PIN_WEIGHT, label_dropout=label_dropout,
+        _random_backbone(),
+        objective=objective,
+        seed=0,
+        diffusion_loss_weight=PIN_WEIGHT,
+        label_dropout=label_dropout,
     )
     if model.teacher_backbone is not None:
-        test_utils.randomize_weights(model.teacher_backbone, seed=5,
-                                     stddev=0.2)
+        test_utils.randomize_weights(model.teacher_backbone, seed=5, stddev=0.2)
     return model
 
 
@@ -863,8 +897,9 @@ def test_compute_loss_value_and_gradients_are_pinned(objective):
     np.testing.assert_allclose(value, expected_value, rtol=2e-5)
     for path, actual, wanted in zip(PIN_VARIABLES, grads, expected):
         assert np.abs(wanted).max() > 1e-6, path  # the weight matters
-        np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-6,
-                                   err_msg=path)
+        np.testing.assert_allclose(
+            actual, wanted, rtol=1e-4, atol=1e-6, err_msg=path
+        )
     # Label dropout: the denoiser saw the null class for example 1 and its
     # own labels elsewhere, so class 1's embedding row gets no gradient
     # and the null row does.
@@ -878,16 +913,18 @@ def test_label_dropout_off_sees_every_label():
     # Without label dropout (and outside training) the mask is never read.
     model = _pinned_model("dsd", label_dropout=0.0)
     images = _data(3)[0]
-    value = float(test_utils.to_numpy(
-        model.compute_loss(x=images, y=PIN_LABELS)
-    ))
+    value = float(
+        test_utils.to_numpy(model.compute_loss(x=images, y=PIN_LABELS))
+    )
     np.testing.assert_allclose(
         value, _numpy_loss(model, images, "dsd", PIN_LABELS), rtol=2e-5
     )
     dropout = _pinned_model("dsd")
-    value = float(test_utils.to_numpy(
-        dropout.compute_loss(x=images, y=PIN_LABELS, training=False)
-    ))
+    value = float(
+        test_utils.to_numpy(
+            dropout.compute_loss(x=images, y=PIN_LABELS, training=False)
+        )
+    )
     np.testing.assert_allclose(
         value, _numpy_loss(dropout, images, "dsd", PIN_LABELS), rtol=2e-5
     )
@@ -895,13 +932,12 @@ def test_label_dropout_off_sees_every_label():
 
 def test_deterministic_helper_gives_distinct_times():
     model = test_utils.deterministic_generator(_random_backbone())
-    latents = model.backbone.encode(
-        _data(4)[0].astype("float32") / 127.5 - 1.0
-    )
+    latents = model.backbone.encode(_data(4)[0].astype("float32") / 127.5 - 1.0)
     times = test_utils.to_numpy(model._sample_time(latents))
     assert np.all((times > 0) & (times < 1))
-    assert np.min(np.abs(times[:, None] - times[None])
-                  + np.eye(4)) > 1e-3, times
+    assert np.min(np.abs(times[:, None] - times[None]) + np.eye(4)) > 1e-3, (
+        times
+    )
 
 
 # === EMA step counter, mixed float16 ===
@@ -931,18 +967,22 @@ def test_warmup_continues_after_a_weights_round_trip(tmp_path):
     second = make()
     second.load_weights(path)
     assert _ema_step(second) == 2
-    second.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-2),
-                   jit_compile=False, run_eagerly=True)
+    second.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-2),
+        jit_compile=False,
+        run_eagerly=True,
+    )
     teacher = second.teacher_backbone.get_weights()
     ema = second.ema_backbone.get_weights()
     callback = RecordWeights()
     _fit(second, *_data(2, seed=1), callbacks=[callback])
     assert _ema_step(second) == 3
     online = callback.weights[0]
-    for shadow, before, decay in ((second.teacher_backbone, teacher, 0.2),
-                                  (second.ema_backbone, ema, 0.25)):
-        expected = [decay * b + (1 - decay) * w
-                    for b, w in zip(before, online)]
+    for shadow, before, decay in (
+        (second.teacher_backbone, teacher, 0.2),
+        (second.ema_backbone, ema, 0.25),
+    ):
+        expected = [decay * b + (1 - decay) * w for b, w in zip(before, online)]
         _assert_weights_close(shadow.get_weights(), expected)
 
 
@@ -967,17 +1007,32 @@ def test_float16_skipped_step_leaves_both_emas():
     # A loss scale of 2^100 overflows the float16 gradients: the
     # LossScaleOptimizer skips the step and halves its scale.
     model = _float16_model()
-    _compile_fast(model, optimizer=keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.AdamW(learning_rate=1e-2), initial_scale=2.0**100
-    ))
-    before = [network.get_weights() for network in
-              (model.backbone, model.teacher_backbone, model.ema_backbone)]
+    _compile_fast(
+        model,
+        optimizer=keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.AdamW(learning_rate=1e-2), initial_scale=2.0**100
+        ),
+    )
+    before = [
+        network.get_weights()
+        for network in (
+            model.backbone,
+            model.teacher_backbone,
+            model.ema_backbone,
+        )
+    ]
     _fit(model, *_data())
     assert float(test_utils.to_numpy(model.optimizer.dynamic_scale)) == (
         2.0**99
     )
-    after = [network.get_weights() for network in
-             (model.backbone, model.teacher_backbone, model.ema_backbone)]
+    after = [
+        network.get_weights()
+        for network in (
+            model.backbone,
+            model.teacher_backbone,
+            model.ema_backbone,
+        )
+    ]
     for name, b, a in zip(("backbone", "teacher", "ema"), before, after):
         assert _weights_equal(a, b), name
     assert _ema_step(model) == 0
@@ -987,16 +1042,21 @@ def test_float16_training_moves_the_emas_with_the_warmup():
     model = _float16_model()
     teacher = model.teacher_backbone.get_weights()
     ema = model.ema_backbone.get_weights()
-    _compile_fast(model, optimizer=keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.AdamW(learning_rate=1e-2), initial_scale=1.0
-    ))
+    _compile_fast(
+        model,
+        optimizer=keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.AdamW(learning_rate=1e-2), initial_scale=1.0
+        ),
+    )
     callback = RecordWeights()
     _fit(model, *_data(4), callbacks=[callback])
     assert _ema_step(model) == 2
     assert int(test_utils.to_numpy(model.optimizer.iterations)) == 2
     # k = 0, 1: decays 0.1 and min(m, 2 / 11).
-    for shadow, start, decay in ((model.teacher_backbone, teacher, 0.5),
-                                 (model.ema_backbone, ema, 0.9)):
+    for shadow, start, decay in (
+        (model.teacher_backbone, teacher, 0.5),
+        (model.ema_backbone, ema, 0.9),
+    ):
         _assert_weights_close(
             shadow.get_weights(), _numpy_ema(start, callback.weights, decay)
         )
@@ -1042,6 +1102,7 @@ def test_predict_runs_the_trained_network_and_encode_the_ema():
     np.testing.assert_allclose(predicted["latents"], online, atol=1e-5)
     np.testing.assert_allclose(
         predicted["reconstructions"],
-        test_utils.to_numpy(model.backbone.decode(online)), atol=1e-5,
+        test_utils.to_numpy(model.backbone.decode(online)),
+        atol=1e-5,
     )
     np.testing.assert_allclose(model.encode(images), ema, atol=1e-5)

@@ -6,8 +6,7 @@ from keras_dsd.models import presets
 
 # Totals reported by the paper (Wang & Zhang, arXiv 2511.14716), typed in
 # here independently of the presets' metadata.
-PAPER_PARAMS = {"dsd_s": 42_000_000, "dsd_m": 118_000_000,
-                "dsd_b": 205_000_000}
+PAPER_PARAMS = {"dsd_s": 42_000_000, "dsd_m": 118_000_000, "dsd_b": 205_000_000}
 
 
 def _count_params(name):

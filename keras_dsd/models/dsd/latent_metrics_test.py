@@ -31,8 +31,9 @@ def test_rank_one_data():
     rng = np.random.default_rng(0)
     direction = rng.normal(size=(8,))
     x = rng.normal(size=(1000, 1)) * direction[None] + 3.0
-    np.testing.assert_allclose(_effective_rank(x.astype("float32")), 1.0,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        _effective_rank(x.astype("float32")), 1.0, atol=1e-3
+    )
 
 
 def test_isotropic_gaussian_is_full_rank():
@@ -73,8 +74,7 @@ def test_covariance_eigenvalues_against_numpy():
         latent_metrics.covariance_eigenvalues(x.astype("float32"))
     )
     expected = np.linalg.eigvalsh(np.cov(x.reshape(-1, 3).T, bias=True))
-    np.testing.assert_allclose(np.sort(actual), expected, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(np.sort(actual), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_constant_latents_give_a_finite_rank():
@@ -111,6 +111,5 @@ def test_backbone_latents_have_rank_at_most_c_minus_1():
     ones = np.ones(4) / 2.0
     assert ones @ np.cov(tokens.T, bias=True) @ ones < 1e-6
     rank = _effective_rank(latents)
-    np.testing.assert_allclose(rank, _entropy_rank(eigenvalues[1:]),
-                               rtol=1e-3)
+    np.testing.assert_allclose(rank, _entropy_rank(eigenvalues[1:]), rtol=1e-3)
     assert 2.0 < rank <= 3.0 + 1e-3

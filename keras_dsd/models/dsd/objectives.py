@@ -114,8 +114,9 @@ def dsd_loss_weight(t, t_min):
     return 1.0 / ops.square(ops.maximum(1.0 - t, t_min))
 
 
-def diffusion_loss(objective, prediction, online_latents, target_latents,
-                   noise, t, t_min):
+def diffusion_loss(
+    objective, prediction, online_latents, target_latents, noise, t, t_min
+):
     """Mean diffusion loss of one batch, in float32.
 
     Args:

@@ -21,16 +21,15 @@ def _batch(seed=0, t_low=0.1, t_high=0.9):
 
 def _tensors(*arrays):
     return [
-        None if a is None else keras.ops.convert_to_tensor(a)
-        for a in arrays
+        None if a is None else keras.ops.convert_to_tensor(a) for a in arrays
     ]
 
 
 def _loss(objective, prediction, online, target, noise, t, t_min=0.05):
     args = _tensors(prediction, online, target, noise, t)
-    return float(test_utils.to_numpy(
-        objectives.diffusion_loss(objective, *args, t_min)
-    ))
+    return float(
+        test_utils.to_numpy(objectives.diffusion_loss(objective, *args, t_min))
+    )
 
 
 # === (a) The loss identity ===
@@ -122,10 +121,14 @@ def test_velocity_from_prediction():
 def test_mode_tables_match_the_design():
     assert list(objectives.OBJECTIVES) == ["naive", "decoupled", "dsd"]
     assert objectives.USES_TARGET_LATENT == {
-        "naive": False, "decoupled": True, "dsd": True,
+        "naive": False,
+        "decoupled": True,
+        "dsd": True,
     }
     assert objectives.PREDICTS_CLEAN_LATENT == {
-        "naive": False, "decoupled": False, "dsd": True,
+        "naive": False,
+        "decoupled": False,
+        "dsd": True,
     }
 
 
@@ -167,7 +170,12 @@ def test_no_gradient_through_online_teacher(objective):
 
     def loss(online_latents):
         return objectives.diffusion_loss(
-            objective, pred_, online_latents, online_latents, noise_, t_,
+            objective,
+            pred_,
+            online_latents,
+            online_latents,
+            noise_,
+            t_,
             0.05,
         )
 
@@ -228,9 +236,7 @@ def test_gradient_into_prediction(objective):
     if objective == "dsd":
         residual = prediction - target
         weight = 1.0 / np.maximum(1.0 - t, 0.05) ** 2
-        expected = (
-            2.0 * weight[:, None, None] * residual / online.size
-        )
+        expected = 2.0 * weight[:, None, None] * residual / online.size
     else:
         anchor = online if objective == "naive" else target
         expected = 2.0 * (prediction - (anchor - noise)) / online.size
@@ -255,7 +261,9 @@ def test_a_new_mode_is_one_table_entry(monkeypatch):
     # and the checks all read it from there. Its loss is a plain unweighted
     # clean-latent MSE, computed here in numpy.
     record = objectives.Objective(
-        "unweighted", objectives.CLEAN_LATENT, True,
+        "unweighted",
+        objectives.CLEAN_LATENT,
+        True,
         lambda p, online, target, noise, t, t_min: keras.ops.mean(
             keras.ops.square(p - target), axis=(1, 2)
         ),
