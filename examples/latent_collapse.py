@@ -228,13 +228,6 @@ def write_text(path, text):
     return atomic_write(path, write)
 
 
-def save_model_atomically(model, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp_path = path + ".tmp.keras"
-    model.save(tmp_path)
-    os.replace(tmp_path, path)
-
-
 # === Data ===
 
 
@@ -291,12 +284,9 @@ def build_model(args, objective, overrides):
     )
 
 
-class CurveRecorder(keras.callbacks.Callback):
-    """Records per-step training logs and enforces the training budget.
-
-    Keras reports, after each batch, the mean of a metric since the start
-    of the epoch; the value of batch `b` itself is recovered as
-    `(b + 1) * mean_b - b * mean_(b-1)`.
+class CurveRecorder(keras_dsd.callbacks.StepHistory):
+    """Records per-step training logs (`curves`, see `StepHistory`) and
+    enforces the training budget.
 
     Args:
         max_steps: int or `None`. Stop after this many steps.
@@ -305,16 +295,17 @@ class CurveRecorder(keras.callbacks.Callback):
     """
 
     def __init__(self, max_steps=None, max_seconds=None):
-        super().__init__()
+        super().__init__(keys=CURVE_KEYS)
         self.max_steps = max_steps
         self.max_seconds = max_seconds
-        self.curves = {key: [] for key in CURVE_KEYS}
-        self.steps = 0
         self.clock_start = None
         self.first_step_seconds = None
         self._train_start = None
         self._train_end = None
-        self._previous = {}
+
+    @property
+    def curves(self):
+        return self.history
 
     def on_train_begin(self, logs=None):
         self._train_start = time.monotonic()
@@ -322,18 +313,9 @@ class CurveRecorder(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._train_end = time.monotonic()
 
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        for key in CURVE_KEYS:
-            if key not in logs:
-                continue
-            mean = float(keras.ops.convert_to_numpy(logs[key]))
-            previous = self._previous.get(key, 0.0) if batch else 0.0
-            self.curves[key].append((batch + 1) * mean - batch * previous)
-            self._previous[key] = mean
-        self.steps += 1
+    def on_step_values(self, values):
         now = time.monotonic()
-        if self.steps == 1:
+        if self.clock_start is None:
             self.clock_start = now
             self.first_step_seconds = now - self._train_start
         if self.max_steps is not None and self.steps >= self.max_steps:
@@ -409,7 +391,7 @@ def run_mode(args, mode, data, classifier, overrides):
     )
     features, predicted = keras_dsd.metrics.classify_digits(extractor, samples)
     if args.save_models:
-        save_model_atomically(
+        keras_dsd.utils.file_utils.save_model(
             model, os.path.join(args.output_dir, "models", f"{mode}.keras")
         )
 

@@ -237,12 +237,6 @@ def build_model(args):
     return recipe.build_model(backbone, seed=args.seed)
 
 
-def save_model_atomically(model, path):
-    tmp_path = path + ".tmp.keras"
-    model.save(tmp_path)
-    os.replace(tmp_path, path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
@@ -282,7 +276,7 @@ def main(argv=None):
     train_seconds = time.time() - start
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
-    save_model_atomically(
+    keras_dsd.utils.file_utils.save_model(
         model, os.path.join(args.output_dir, "dsd_digits.keras")
     )
     model.save_to_preset(os.path.join(args.output_dir, "preset"))

@@ -199,8 +199,9 @@ designed to prevent it. `keras_dsd.callbacks.LatentCollapseMonitor` watches
 `latent_effective_rank` and `latent_std` and warns (or stops training)
 when either stays low.
 
-Keras reports each metric as a running mean over the epoch; the small
-callback below turns those back into per-step values and prints a summary
+Keras reports each metric as a running mean over the epoch;
+`keras_dsd.callbacks.StepHistory` turns those back into per-step values, and
+the small subclass below prints a summary
 every 50 steps. A full run trains 4 epochs of 125 batches, 500 steps;
 `keras_dsd.callbacks.TimeLimit` would end it earlier if a wall-clock budget
 ran out (10 minutes here, a cap for slow machines), whichever comes first.
@@ -208,42 +209,33 @@ Training prints a `RuntimeWarning` if the collapse monitor fires.
 """
 
 
-class LatentHealthLog(keras.callbacks.Callback):
-    """Prints the mean of the logged metrics over every `every` steps."""
-
-    KEYS = (
-        "reconstruction_loss",
-        "diffusion_loss",
-        "latent_std",
-        "latent_effective_rank",
-    )
+class LatentHealthLog(keras_dsd.callbacks.StepHistory):
+    """Prints the per-step metrics, averaged over every `every` steps."""
 
     def __init__(self, every):
-        super().__init__()
-        self.every = every
-        self.steps = []  # one {key: value} per training step
-        self._means = {}
-
-    def on_train_batch_end(self, batch, logs=None):
-        values = {}
-        for key in self.KEYS:
-            mean = float(keras.ops.convert_to_numpy(logs[key]))
-            previous = self._means.get(key, 0.0) if batch else 0.0
-            # Running mean over the epoch -> this batch's own value.
-            values[key] = (batch + 1) * mean - batch * previous
-            self._means[key] = mean
-        self.steps.append(values)
-        step = len(self.steps)
-        if step == 1 or step % self.every == 0:
-            window = self.steps[-self.every :] if step > 1 else self.steps
-            means = {k: np.mean([v[k] for v in window]) for k in self.KEYS}
-            print(
-                f"step {step:4d} | reconstruction {means[self.KEYS[0]]:.4f} "
-                f"| diffusion {means[self.KEYS[1]]:.3f} | latent_std "
-                f"{means['latent_std']:.3f} | effective rank "
-                f"{means['latent_effective_rank']:.2f} of "
-                f"{backbone.latent_channels}"
+        super().__init__(
+            keys=(
+                "reconstruction_loss",
+                "diffusion_loss",
+                "latent_std",
+                "latent_effective_rank",
             )
+        )
+        self.every = every
+
+    def on_step_values(self, values):
+        if self.steps > 1 and self.steps % self.every:
+            return
+        window = 1 if self.steps == 1 else self.every
+        means = {k: np.mean(v[-window:]) for k, v in self.history.items()}
+        print(
+            f"step {self.steps:4d} | reconstruction "
+            f"{means['reconstruction_loss']:.4f} | diffusion "
+            f"{means['diffusion_loss']:.3f} | latent_std "
+            f"{means['latent_std']:.3f} | effective rank "
+            f"{means['latent_effective_rank']:.2f} (at most "
+            f"{backbone.latent_channels - 1})"
+        )
 
 
 health = LatentHealthLog(every=1 if FAST else 50)
@@ -263,7 +255,7 @@ model.fit(
     ],
 )
 train_seconds = time.time() - start
-num_steps_trained = len(health.steps)
+num_steps_trained = health.steps
 print(
     f"Trained {num_steps_trained} steps in {train_seconds / 60:.1f} min "
     f"({num_steps_trained / train_seconds:.2f} steps/s, compilation "

@@ -280,11 +280,11 @@ order, for the same number of steps, with the library's
 `digits_collapse_study` recipe (`keras_dsd.recipes`, shared with
 `examples/latent_collapse.py`): AdamW with a peak learning rate of 2e-3
 after 100 warm-up steps, gradient clipping, batch 32, and the
-`DSDImageGenerator` defaults for everything else. A small callback
-records the per-step `latent_std` and `latent_effective_rank` (Keras logs
-running means over the epoch; the callback turns them back into per-step
-values), and `keras_dsd.callbacks.LatentCollapseMonitor`, which reads the
-same per-step values, raises its alarm when either metric stays below a
+`DSDImageGenerator` defaults for everything else.
+`keras_dsd.callbacks.LatentCollapseMonitor` records the per-step
+`latent_std` and `latent_effective_rank` (Keras logs running means over the
+epoch; the monitor, a `keras_dsd.callbacks.StepHistory`, turns them back
+into per-step values) and raises its alarm when either metric stays below a
 fraction of its own early value (the mean of the first 10 steps) for 50
 steps: 0.4 for the rank, 0.2 for `latent_std` (its defaults).
 
@@ -301,24 +301,6 @@ SAMPLER_STEPS = 2 if FAST else 16
 OVERRIDES = {"num_layers": 1, "hidden_dim": 32, "num_heads": 2} if FAST else {}
 
 
-class LatentCurves(keras.callbacks.Callback):
-    """Records `latent_std` and `latent_effective_rank` at every step."""
-
-    KEYS = ("latent_std", "latent_effective_rank")
-
-    def __init__(self):
-        super().__init__()
-        self.curves = {key: [] for key in self.KEYS}
-        self._means = {}
-
-    def on_train_batch_end(self, batch, logs=None):
-        for key in self.KEYS:
-            mean = float(ops.convert_to_numpy(logs[key]))
-            previous = self._means.get(key, 0.0) if batch else 0.0
-            self.curves[key].append((batch + 1) * mean - batch * previous)
-            self._means[key] = mean
-
-
 def train(objective):
     keras.utils.set_random_seed(0)  # same weights and data order per mode
     backbone = keras_dsd.models.DSDBackbone.from_preset("dsd_tiny", **OVERRIDES)
@@ -332,7 +314,7 @@ def train(objective):
         objective=objective,
         seed=0,
     )
-    curves = LatentCurves()
+    # The monitor also keeps the per-step values of the two metrics.
     monitor = keras_dsd.callbacks.LatentCollapseMonitor(patience=50)
     start = time.time()
     model.fit(
@@ -342,7 +324,7 @@ def train(objective):
         epochs=EPOCHS,
         shuffle=True,
         verbose=0,
-        callbacks=[curves, monitor],
+        callbacks=[monitor],
     )
     minutes = (time.time() - start) / 60
     # Which metrics raised the alarm, and at which step.
@@ -353,7 +335,7 @@ def train(objective):
         )
         or "none"
     )
-    return model, curves.curves, alarms, minutes
+    return model, monitor.history, alarms, minutes
 
 
 results = {}

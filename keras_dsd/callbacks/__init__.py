@@ -1,4 +1,5 @@
 from keras_dsd.callbacks.latent_collapse_monitor import LatentCollapseMonitor
 from keras_dsd.callbacks.sample_grid import SampleGrid
+from keras_dsd.callbacks.step_history import StepHistory
 from keras_dsd.callbacks.time_limit import TimeLimit
 from keras_dsd.callbacks.training_checkpoint import TrainingCheckpoint

@@ -1,5 +1,5 @@
-"""Unit tests of `LatentCollapseMonitor`, `SampleGrid` and `TimeLimit`, with
-fake logs and fake models (no training)."""
+"""Unit tests of `StepHistory`, `LatentCollapseMonitor`, `SampleGrid` and
+`TimeLimit`, with fake logs and fake models (no training)."""
 
 import types
 import warnings
@@ -10,6 +10,7 @@ from PIL import Image
 
 from keras_dsd.callbacks import LatentCollapseMonitor
 from keras_dsd.callbacks import SampleGrid
+from keras_dsd.callbacks import StepHistory
 from keras_dsd.callbacks import TimeLimit
 from keras_dsd.callbacks import time_limit
 
@@ -203,3 +204,25 @@ def test_time_limit_stops_after_the_budget(monkeypatch):
     now[0] = 130.5  # 30.5 s > 0.5 min
     callback.on_train_batch_end(1)
     assert model.stop_training and callback.stopped_at_step == 1
+
+
+def test_step_history_per_step_and_per_call_values():
+    # Two epochs of logged running means; the second fed two steps per
+    # call, as Keras does with steps_per_execution=2. The expected values
+    # are the per-step values themselves, and the pair means per call.
+    first = [2.0, 4.0, 9.0]
+    second = [1.0, 3.0, 10.0, 20.0]
+    history = StepHistory(keys=["loss"])
+    history.set_model(types.SimpleNamespace(stop_training=False))
+    history.on_epoch_begin(0)
+    for batch, mean in enumerate(_running_means(first)):
+        history.on_train_batch_end(batch, {"loss": mean, "other": 0.0})
+    history.on_epoch_begin(1)
+    means = _running_means(second)
+    for batch in (1, 3):
+        history.on_train_batch_end(batch, {"loss": means[batch]})
+    np.testing.assert_allclose(
+        history.history["loss"], [2.0, 4.0, 9.0, 2.0, 15.0], atol=1e-12
+    )
+    assert history.steps == 7
+    assert set(history.history) == {"loss"}

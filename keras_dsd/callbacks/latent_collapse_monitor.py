@@ -1,13 +1,13 @@
 import warnings
 
-import keras
+from keras_dsd.callbacks.step_history import StepHistory
 
 # The logged metric each collapse shows up in (DESIGN.md, "What to log").
 RANK = "latent_effective_rank"
 STD = "latent_std"
 
 
-class LatentCollapseMonitor(keras.callbacks.Callback):
+class LatentCollapseMonitor(StepHistory):
     """Warns, or stops training, when the latent space collapses.
 
     The paper's two collapses show up in two different logged metrics: the
@@ -16,9 +16,8 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
     stays near 5), the `decoupled` one loses rank
     (`latent_effective_rank` -> 1.03). The monitor watches both, step by
     step: Keras logs running means over the epoch, so the monitor turns
-    them back into per-step values (`n * mean_n - p * mean_p` over the
-    `n - p` steps of one call; one reading per call with
-    `steps_per_execution > 1`).
+    them back into per-step values, as `StepHistory` does (one reading per
+    call with `steps_per_execution > 1`).
 
     Each metric's reference is the mean of its first `reference_steps`
     per-step values. A metric is low when it is below
@@ -67,7 +66,7 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
         min_std=None,
         stop_training=False,
     ):
-        super().__init__()
+        super().__init__(keys=(RANK, STD))
         for name, value in (
             ("rank_fraction", rank_fraction),
             ("std_fraction", std_fraction),
@@ -97,12 +96,13 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
         self.stop_training = stop_training
         self.alarmed = False
         self.alarms = []
-        self.values = {RANK: [], STD: []}
         self.references = {}
         self._low_counts = {RANK: 0, STD: 0}
-        self._steps = 0
-        self._epoch_steps = 0
-        self._epoch_means = {}
+
+    @property
+    def values(self):
+        """The per-step readings of both metrics (`StepHistory.history`)."""
+        return self.history
 
     def _threshold(self, metric):
         fraction, absolute = (
@@ -115,30 +115,13 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
             thresholds.append(fraction * self.references[metric])
         return max(thresholds) if thresholds else None
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_steps = 0
-        self._epoch_means = {}
-
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        steps = batch + 1  # steps of this epoch so far
-        new_steps = steps - self._epoch_steps
-        if new_steps <= 0:
-            return
-        self._steps += new_steps
+    def on_step_values(self, values):
         for metric in (RANK, STD):
-            if metric not in logs:
-                continue
-            mean = float(keras.ops.convert_to_numpy(logs[metric]))
-            previous = self._epoch_means.get(metric, 0.0)
-            value = (steps * mean - self._epoch_steps * previous) / new_steps
-            self._epoch_means[metric] = mean
-            self._read(metric, value)
-        self._epoch_steps = steps
+            if metric in values:
+                self._read(metric, values[metric])
 
     def _read(self, metric, value):
-        readings = self.values[metric]
-        readings.append(value)
+        readings = self.history[metric]
         if len(readings) == self.reference_steps:
             self.references[metric] = sum(readings) / len(readings)
         threshold = self._threshold(metric)
@@ -154,13 +137,13 @@ class LatentCollapseMonitor(keras.callbacks.Callback):
         self.alarms.append(
             {
                 "metric": metric,
-                "step": self._steps,
+                "step": self.steps,
                 "value": value,
                 "threshold": threshold,
             }
         )
         warnings.warn(
-            f"Latent collapse at step {self._steps}: {metric}={value:.4g} "
+            f"Latent collapse at step {self.steps}: {metric}={value:.4g} "
             f"stayed below {threshold:.4g} for {self.patience} readings"
             + (
                 f" (reference {self.references[metric]:.4g})."

@@ -44,3 +44,14 @@ def write_json(path, value, default=None):
             f.write("\n")
 
     return atomic_write(path, write)
+
+
+def save_model(model, path):
+    """`model.save(path)` (a `.keras` file), atomically: a crash during the
+    save leaves any earlier file at `path` intact. Returns `path`."""
+
+    def write(tmp_path):
+        os.remove(tmp_path)  # let Keras create the file itself
+        model.save(tmp_path)
+
+    return atomic_write(path, write)

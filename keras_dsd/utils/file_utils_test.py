@@ -30,3 +30,28 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         file_utils.write_json(str(path), {"step": object()})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_save_model_round_trip_and_crash_keeps_the_old_file(tmp_path):
+    import keras
+
+    path = str(tmp_path / "models" / "m.keras")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    file_utils.save_model(model, path)
+    restored = keras.saving.load_model(path)
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
+    before = open(path, "rb").read()
+
+    class Broken:
+        def save(self, filepath):
+            with open(filepath, "wb") as f:
+                f.write(b"half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        file_utils.save_model(Broken(), path)
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path / "models") == ["m.keras"]
