@@ -41,9 +41,10 @@ class StepHistory(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         steps = batch + 1  # steps of this epoch so far
+        if steps <= self._epoch_steps:
+            # A new epoch whose `on_epoch_begin` this callback did not see.
+            self.on_epoch_begin(None)
         new_steps = steps - self._epoch_steps
-        if new_steps <= 0:
-            return
         self.steps += new_steps
         values = {}
         for key, logged in (logs or {}).items():
