@@ -202,6 +202,7 @@ class DSDImageGenerator(keras.Model):
             aggregation="only_first_replica",
             name="ema_step",
         )
+        self._ema_step_from_optimizer = False
 
         # === Metrics ===
         self.reconstruction_loss_tracker = keras.metrics.Mean(
@@ -491,7 +492,25 @@ class DSDImageGenerator(keras.Model):
                 ".keras file saved under another backend, comes without one)."
             )
         self._check_training_data(x, y)
+        if self._ema_step_from_optimizer:
+            # A file written before `ema_step` existed: its warm-up counted
+            # the optimizer's updates, which its optimizer state still has.
+            optimizer = getattr(self.optimizer, "inner_optimizer", None)
+            optimizer = optimizer or self.optimizer
+            accumulation = optimizer.gradient_accumulation_steps or 1
+            updates = int(ops.convert_to_numpy(optimizer.iterations))
+            self.ema_step.assign(updates // accumulation)
+            self._ema_step_from_optimizer = False
         return super().fit(x=x, y=y, **kwargs)
+
+    def load_own_variables(self, store):
+        # Files written before the EMA step counter hold no variable of the
+        # task itself: keep the counter, and take it from the optimizer's
+        # restored update count before training (see `fit`).
+        if not list(store.keys()):
+            self._ema_step_from_optimizer = True
+            return
+        super().load_own_variables(store)
 
     def _check_training_data(self, x, y):
         batch = first_batch(x, y)
