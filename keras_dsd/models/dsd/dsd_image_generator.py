@@ -1,4 +1,4 @@
-"""The DSD task: training objective, EMA shadows, generation and presets.
+"""The DSD task: training objective, teacher and sampling EMAs, generation.
 
 Why `DSDImageGenerator` is a `keras.Model` that follows keras-hub's Task
 conventions rather than a `keras_hub.models.Task` subclass (keras-hub
@@ -395,11 +395,11 @@ class DSDImageGenerator(keras.Model):
             state, data = args
             before = self._optimizer_updates(state[2])
             logs, state = super().train_step(state, data)
-            return logs, self._update_shadows_in_state(state, before)
+            return logs, self._update_emas_in_state(state, before)
         before = self._optimizer_updates()
         logs = super().train_step(*args)
         applied = ops.not_equal(self._optimizer_updates(), before)
-        for variable, value in self._shadow_updates(lambda v: v.value, applied):
+        for variable, value in self._ema_updates(lambda v: v.value, applied):
             variable.assign(value)
         return logs
 
@@ -418,8 +418,9 @@ class DSDImageGenerator(keras.Model):
         with keras.StatelessScope(state_mapping=mapping):
             return ops.convert_to_tensor(inner.iterations)
 
-    def _shadows(self):
-        """(shadow network, decay) pairs that follow the trained weights."""
+    def _ema_networks(self):
+        """(EMA network, decay) pairs that follow the trained weights: the
+        teacher and the sampling EMA."""
         pairs = []
         if self.teacher_backbone is not None:
             pairs.append((self.teacher_backbone, self.teacher_decay))
@@ -427,8 +428,8 @@ class DSDImageGenerator(keras.Model):
             pairs.append((self.ema_backbone, self.ema_decay))
         return pairs
 
-    def _shadow_updates(self, read, applied):
-        """New values of the shadow weights and of `ema_step`.
+    def _ema_updates(self, read, applied):
+        """New values of the EMA networks' weights and of `ema_step`.
 
         `read(variable)` returns a variable's current value; `applied` is a
         boolean tensor, true when the optimizer step just changed the
@@ -445,19 +446,19 @@ class DSDImageGenerator(keras.Model):
                 ),
             )
         ]
-        for shadow, decay in self._shadows():
+        for network, decay in self._ema_networks():
             decay_k = ops.convert_to_tensor(decay, "float32")
             if self.ema_warmup:
                 decay_k = ops.minimum(decay_k, (1.0 + k) / (10.0 + k))
             decay_k = ops.where(applied, decay_k, 1.0)
-            for target, source in zip(shadow.weights, self.backbone.weights):
+            for target, source in zip(network.weights, self.backbone.weights):
                 old = ops.cast(read(target), "float32")
                 new = ops.stop_gradient(ops.cast(read(source), "float32"))
                 value = decay_k * old + (1.0 - decay_k) * new
                 updates.append((target, ops.cast(value, target.dtype)))
         return updates
 
-    def _update_shadows_in_state(self, state, before):
+    def _update_emas_in_state(self, state, before):
         trainable, non_trainable, optimizer_values, metrics = state
         applied = ops.not_equal(
             self._optimizer_updates(optimizer_values), before
@@ -471,7 +472,7 @@ class DSDImageGenerator(keras.Model):
             values.update({id(v): val for v, val in zip(variables, current)})
         index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
         non_trainable = list(non_trainable)
-        for variable, value in self._shadow_updates(
+        for variable, value in self._ema_updates(
             lambda v: values[id(v)], applied
         ):
             non_trainable[index[id(variable)]] = value

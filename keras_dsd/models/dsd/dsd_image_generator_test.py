@@ -86,11 +86,11 @@ def _weights_equal(a, b):
 
 def _numpy_ema(initial, updates, decay):
     """EMA with the warm-up `min(m, (1 + k) / (10 + k))` at update `k`."""
-    shadow = [w.astype("float64") for w in initial]
+    ema = [w.astype("float64") for w in initial]
     for k, weights in enumerate(updates):
         d = min(decay, (1.0 + k) / (10.0 + k))
-        shadow = [d * s + (1.0 - d) * w for s, w in zip(shadow, weights)]
-    return shadow
+        ema = [d * s + (1.0 - d) * w for s, w in zip(ema, weights)]
+    return ema
 
 
 def _assert_weights_close(actual, expected, atol=1e-5):
@@ -285,7 +285,7 @@ def test_ema_without_warmup():
     images, labels = _data(4)
     callback = RecordWeights()
     _fit(model, images, labels, callbacks=[callback])
-    for shadow, decay in (
+    for network, decay in (
         (model.teacher_backbone, 0.5),
         (model.ema_backbone, 0.8),
     ):
@@ -294,7 +294,7 @@ def test_ema_without_warmup():
             expected = [
                 decay * s + (1 - decay) * w for s, w in zip(expected, weights)
             ]
-        _assert_weights_close(shadow.get_weights(), expected)
+        _assert_weights_close(network.get_weights(), expected)
 
 
 def test_ema_with_gradient_accumulation():
@@ -978,12 +978,12 @@ def test_warmup_continues_after_a_weights_round_trip(tmp_path):
     _fit(second, *_data(2, seed=1), callbacks=[callback])
     assert _ema_step(second) == 3
     online = callback.weights[0]
-    for shadow, before, decay in (
+    for network, before, decay in (
         (second.teacher_backbone, teacher, 0.2),
         (second.ema_backbone, ema, 0.25),
     ):
         expected = [decay * b + (1 - decay) * w for b, w in zip(before, online)]
-        _assert_weights_close(shadow.get_weights(), expected)
+        _assert_weights_close(network.get_weights(), expected)
 
 
 def _float16_model():
@@ -1053,12 +1053,12 @@ def test_float16_training_moves_the_emas_with_the_warmup():
     assert _ema_step(model) == 2
     assert int(test_utils.to_numpy(model.optimizer.iterations)) == 2
     # k = 0, 1: decays 0.1 and min(m, 2 / 11).
-    for shadow, start, decay in (
+    for network, start, decay in (
         (model.teacher_backbone, teacher, 0.5),
         (model.ema_backbone, ema, 0.9),
     ):
         _assert_weights_close(
-            shadow.get_weights(), _numpy_ema(start, callback.weights, decay)
+            network.get_weights(), _numpy_ema(start, callback.weights, decay)
         )
 
 
