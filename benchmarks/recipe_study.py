@@ -42,7 +42,6 @@ retraining (`resample`).
 import argparse
 import calendar
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -83,18 +82,6 @@ STUDY_DEFAULTS = {
 # Each configuration changes the library defaults by a few settings. The
 # order is the order of the screen: the likely causes first, so that a
 # partial study already answers something.
-def model_defaults():
-    """`DSDImageGenerator`'s keyword defaults (without backbone and seed)."""
-    signature = inspect.signature(keras_dsd.models.DSDImageGenerator)
-    return {
-        name: parameter.default
-        for name, parameter in signature.parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-        and name not in ("seed", "compile")
-        and parameter.kind is not inspect.Parameter.VAR_KEYWORD
-    }
-
-
 # The library's `digits` recipe (examples/train_digits.py's settings; its
 # sampler: Heun, 16 steps): its optimiser, and the model settings where it
 # differs from the library defaults.
@@ -108,7 +95,7 @@ _DIGITS_DEMO = {
     **{
         name: value
         for name, value in _DIGITS.generator.items()
-        if model_defaults()[name] != value
+        if keras_dsd.recipes.generator_defaults()[name] != value
     },
     **_LEARNING_RATE,
 }
@@ -164,7 +151,7 @@ CONFIGS = {
 
 def resolve_config(overrides):
     """The full configuration: library defaults updated by `overrides`."""
-    config = {**model_defaults(), **STUDY_DEFAULTS}
+    config = {**keras_dsd.recipes.generator_defaults(), **STUDY_DEFAULTS}
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(
@@ -334,7 +321,9 @@ def build_model(config, seed):
     backbone = keras_dsd.models.DSDBackbone.from_preset(
         config["preset"], **config["backbone_overrides"]
     )
-    model_kwargs = {name: config[name] for name in model_defaults()}
+    model_kwargs = {
+        name: config[name] for name in keras_dsd.recipes.generator_defaults()
+    }
     model = keras_dsd.models.DSDImageGenerator(
         backbone=backbone, seed=seed, **model_kwargs
     )

@@ -129,8 +129,17 @@ def warmup_schedule(learning_rate, warmup_steps):
 
 
 def generator_defaults(*names):
-    """The `DSDImageGenerator` defaults of the arguments `names`."""
-    parameters = inspect.signature(DSDImageGenerator.__init__).parameters
+    """The `DSDImageGenerator` defaults of the arguments `names`; with no
+    names, of every training setting (the keyword arguments with a
+    default, less `seed` and `compile`)."""
+    parameters = inspect.signature(DSDImageGenerator).parameters
+    if not names:
+        names = [
+            name
+            for name, parameter in parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+            and name not in ("seed", "compile")
+        ]
     return {name: parameters[name].default for name in names}
 
 
