@@ -16,6 +16,10 @@
 - `gather_replicas(x)`: the global batch of a per-replica tensor (TF
   `MirroredStrategy` replicas, PyTorch processes), so that logged metrics
   do not depend on the device count.
+- `train_step_with_updates(model, train_step, args, before, after)`:
+  Keras' training step followed by variable assignments of the model's own
+  (`after`, e.g. the EMA updates); JAX's stateless step gets them written
+  into the state it returns.
 - `setup_data_parallel(...)`: each backend's data-parallel set-up, for
   `keras_dsd.utils.distribution`.
 - `value_and_grad(...)` and `eager_loops()`: the backend halves of the
@@ -68,6 +72,28 @@ def default_jit_compile():
 
 def scale_loss_for_replicas(loss):
     return _module().scale_loss_for_replicas(loss)
+
+
+def train_step_with_updates(model, train_step, args, before, after):
+    """Runs Keras' `train_step(*args)` with work of the model around it.
+
+    `before()` runs on the variables before the step and `after(result)`
+    on those after it, with `result = before()`; `after` assigns
+    non-trainable variables of `model` (`variable.assign`). On TensorFlow
+    and PyTorch that is all. JAX's step is a pure function of the state it
+    is given: both run in a `keras.StatelessScope` over that state, and the
+    assignments of `after` go into the returned state.
+
+    Returns what `train_step` returns.
+    """
+    if keras.backend.backend() == "jax":
+        return _module().train_step_with_updates(
+            model, train_step, args, before, after
+        )
+    result = before()
+    logs = train_step(*args)
+    after(result)
+    return logs
 
 
 def setup_data_parallel(devices, tpu, multi_host):

@@ -47,6 +47,42 @@ def dot_product_attention(query, key, value):
     return jnp.transpose(attended, (0, 2, 1, 3))
 
 
+def train_step_with_updates(model, train_step, args, before, after):
+    """See `keras_dsd.backend.train_step_with_updates`."""
+    state, data = args
+    with keras.StatelessScope(state_mapping=_state_mapping(model, state)):
+        result = before()
+    logs, state = train_step(state, data)
+    trainable, non_trainable, optimizer_values, metrics = state
+    mapping = _state_mapping(model, state)
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        after(result)
+    assignable = {id(v) for v in model.non_trainable_variables}
+    for variable, value in mapping:
+        new = scope.get_current_value(variable)
+        if new is not value and id(variable) not in assignable:
+            raise ValueError(
+                f"train_step_with_updates: `after` may assign only "
+                f"non-trainable variables of the model; it assigned "
+                f"{variable.path}."
+            )
+    non_trainable = [
+        scope.get_current_value(v) for v in model.non_trainable_variables
+    ]
+    return logs, (trainable, non_trainable, optimizer_values, metrics)
+
+
+def _state_mapping(model, state):
+    """`(variable, value)` pairs of a JAX training state."""
+    trainable, non_trainable, optimizer_values, metrics = state
+    return [
+        *zip(model.trainable_variables, trainable),
+        *zip(model.non_trainable_variables, non_trainable),
+        *zip(model.optimizer.variables, optimizer_values),
+        *zip(model.metrics_variables, metrics),
+    ]
+
+
 def replica_id():
     # With `keras.distribution`, one jitted program sees the global batch and
     # the random draws are already distinct across its shards.

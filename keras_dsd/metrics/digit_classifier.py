@@ -55,7 +55,7 @@ def train_digit_classifier(images, labels, epochs=3, batch_size=64, seed=0):
         The feature extractor (see `build_digit_classifier`), for
         `classify_digits`.
     """
-    images = _check_digits(images)
+    images = validation.check_images(images)
     labels = validation.check_labels(labels, 10, name="labels")
     if len(labels) != len(images):
         raise ValueError(
@@ -82,21 +82,11 @@ def train_digit_classifier(images, labels, epochs=3, batch_size=64, seed=0):
 def classify_digits(extractor, images, batch_size=100):
     """`(features, predicted_classes)` as numpy: float64 `(B, 64)` and int
     `(B,)`."""
-    images = _check_digits(images, extractor.input_shape[1])
+    images = validation.check_images(
+        images, extractor.input_shape[1], taker="the classifier"
+    )
     outputs = extractor.predict(images, batch_size=batch_size, verbose=0)
     return (
         np.asarray(outputs["features"], "float64"),
         np.asarray(outputs["logits"]).argmax(axis=-1),
     )
-
-
-def _check_digits(images, image_size=None, name="images"):
-    array = validation.to_numpy(images, name)
-    validation.check_rgb_layout(array, name)
-    if image_size is not None and array.shape[1:3] != (image_size,) * 2:
-        raise ValueError(
-            f"`{name}` has size {array.shape[1]}x{array.shape[2]}; the "
-            f"classifier takes {image_size}x{image_size} digits."
-        )
-    validation.check_pixel_values(array, name)
-    return array

@@ -29,31 +29,10 @@ import zipfile
 import keras
 import numpy as np
 
-from keras_dsd.utils.validation import check_pixel_values
+from keras_dsd.utils.validation import check_images
 from keras_dsd.utils.validation import check_positive_int
-from keras_dsd.utils.validation import check_rgb_layout
-from keras_dsd.utils.validation import to_numpy
 
 # === Input checks ===
-
-
-def _describe(array):
-    return f"shape {tuple(array.shape)} and dtype {array.dtype}"
-
-
-def check_image_batch(images, name="images"):
-    """Checks a batch of RGB images of any size; returns a numpy array.
-
-    The same rules and messages as `keras_dsd.utils.validation.check_images`
-    without its fixed image size: rank 4 `(batch, height, width, 3)`, uint8
-    (or numbers on the same `[0, 255]` scale), finite, at least one image.
-    """
-    array = to_numpy(images, name)
-    check_rgb_layout(array, name)
-    if array.shape[0] == 0 or array.shape[1] == 0 or array.shape[2] == 0:
-        raise ValueError(f"`{name}` is empty: {_describe(array)}.")
-    check_pixel_values(array, name)
-    return array
 
 
 @contextlib.contextmanager
@@ -95,7 +74,7 @@ class ImageFeatureExtractor:
 
     def predict(self, images):
         """`{"features": ..., "logits": ...}` float32 numpy, one pass."""
-        array = check_image_batch(images, "images")
+        array = check_images(images)
         outputs = []
         for start in range(0, len(array), self.batch_size):
             batch = array[start : start + self.batch_size].astype("float32")

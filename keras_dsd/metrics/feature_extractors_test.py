@@ -31,26 +31,6 @@ def lite0():
     return feature_extractors.EfficientNetLite0Features(batch_size=8)
 
 
-# === Input checks ===
-
-
-def test_check_image_batch_names_the_argument():
-    good = np.zeros((2, 5, 7, 3), "uint8")
-    assert feature_extractors.check_image_batch(good).shape == (2, 5, 7, 3)
-    with pytest.raises(ValueError, match=r"rank 4.*images\[None\]"):
-        feature_extractors.check_image_batch(good[0], "real")
-    with pytest.raises(ValueError, match="`real` must have 3 channels"):
-        feature_extractors.check_image_batch(good[..., :1], "real")
-    with pytest.raises(ValueError, match=r"\[0, 255\].*\[-1, 1\]"):
-        feature_extractors.check_image_batch(good - 1.0, "generated")
-    with pytest.raises(ValueError, match="NaN"):
-        feature_extractors.check_image_batch(good + np.nan, "generated")
-    with pytest.raises(ValueError, match="empty"):
-        feature_extractors.check_image_batch(good[:0], "generated")
-    with pytest.raises(ValueError, match="uint8"):
-        feature_extractors.check_image_batch(good.astype(bool), "generated")
-
-
 # === PyTorch state dicts without PyTorch ===
 
 

@@ -24,14 +24,14 @@ import numpy as np
 
 from keras_dsd.metrics import feature_extractors
 from keras_dsd.metrics import frechet
-from keras_dsd.metrics.feature_extractors import check_image_batch
+from keras_dsd.utils.validation import check_images
 from keras_dsd.utils.validation import check_positive_int
 from keras_dsd.utils.validation import to_numpy
 
 
 def _features(extractor, images, name):
     """Runs `extractor` on checked images; checks what it returns."""
-    images = check_image_batch(images, name)
+    images = check_images(images, name=name)
     features = to_numpy(extractor(images), f"features of `{name}`")
     if features.ndim != 2 or features.shape[0] != images.shape[0]:
         raise ValueError(
@@ -326,7 +326,7 @@ class InceptionScore(keras.metrics.Metric):
 
     def update_state(self, generated):
         """Adds a batch of generated uint8 images."""
-        images = check_image_batch(generated, "generated")
+        images = check_images(generated, name="generated")
         logits = to_numpy(self.classifier(images), "logits").astype("float64")
         if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
             raise ValueError(
@@ -566,8 +566,8 @@ def psnr(real, reconstructed, max_value=255.0):
     keras_dsd.metrics.psnr(x, x + 1)  # 20 log10(255) = 48.13
     ```
     """
-    real = check_image_batch(real, "real").astype("float64")
-    reconstructed = check_image_batch(reconstructed, "reconstructed")
+    real = check_images(real, name="real").astype("float64")
+    reconstructed = check_images(reconstructed, name="reconstructed")
     if reconstructed.shape != real.shape:
         raise ValueError(
             "`real` and `reconstructed` must have the same shape; got "

@@ -7,6 +7,8 @@ or, worse, be silently clamped.
 
 import numpy as np
 
+from keras_dsd.backend import data
+
 
 def _describe(array):
     return f"shape {tuple(array.shape)} and dtype {array.dtype}"
@@ -59,25 +61,38 @@ def check_pixel_values(array, name="images"):
             )
 
 
-def check_images(images, image_size, patch_size, name="images"):
-    """Checks a batch of images for a model of side `image_size`.
+def check_images(
+    images, image_size=None, patch_size=None, name="images", taker="this model"
+):
+    """Checks a batch of RGB images; returns it as a numpy array.
 
-    Accepts integer images in `[0, 255]` (uint8 is the usual) or float
-    images on the same `[0, 255]` scale. Returns a numpy array.
+    The one image check of the library: rank 4 `(batch, height, width, 3)`,
+    integer images in `[0, 255]` (uint8 is the usual) or float images on the
+    same scale, finite. With `image_size`, the images must be
+    `image_size x image_size` (and `patch_size`, if given, must divide
+    them); `taker` names what takes that size in the message. Without it,
+    any size is accepted (metrics and feature extractors resize), but not
+    an empty batch.
     """
     array = to_numpy(images, name)
     check_rgb_layout(array, name)
     height, width = array.shape[1:3]
-    if height % patch_size or width % patch_size:
-        raise ValueError(
-            f"`{name}` has size {height}x{width}, which patch_size="
-            f"{patch_size} does not divide. Resize or crop the images to "
-            f"{image_size}x{image_size}."
+    if image_size is None:
+        if 0 in array.shape[:3]:
+            raise ValueError(f"`{name}` is empty: {_describe(array)}.")
+    elif (height, width) != (image_size, image_size):
+        divides = patch_size is None or not (
+            height % patch_size or width % patch_size
         )
-    if (height, width) != (image_size, image_size):
+        reason = (
+            ""
+            if divides
+            else f", which patch_size={patch_size} does not divide"
+        )
         raise ValueError(
-            f"`{name}` has size {height}x{width}; this model takes "
-            f"{image_size}x{image_size} images."
+            f"`{name}` has size {height}x{width}{reason}; {taker} takes "
+            f"{image_size}x{image_size} images. Resize or crop them to "
+            f"{image_size}x{image_size}."
         )
     check_pixel_values(array, name)
     return array
@@ -156,3 +171,34 @@ def check_choice(value, choices, name):
             f"{list(choices)}."
         )
     return value
+
+
+def check_training_data(x, y, image_size, patch_size, num_classes):
+    """Checks `fit`'s input for a DSD model before any step runs.
+
+    Numpy inputs are checked in full; a `tf.data.Dataset`, a
+    `keras.utils.PyDataset` or a torch `DataLoader` by its first batch
+    (`keras_dsd.backend.data.first_batch`); a plain Python generator is
+    not checked, since peeking would consume it.
+    """
+    batch = data.first_batch(x, y)
+    if batch is None:
+        return
+    images, labels = batch
+    if batch is data.EMPTY or (images is not None and len(images) == 0):
+        raise ValueError(
+            f"DSDImageGenerator.fit got empty training data: `x` (a "
+            f"{type(x).__name__}) holds no images; expected at least one "
+            f"batch of (images, labels)."
+        )
+    check_images(images, image_size, patch_size)
+    if labels is None:
+        raise ValueError(
+            "DSDImageGenerator.fit needs class labels: pass "
+            '(images, labels) or {"images": ..., "labels": ...}.'
+        )
+    labels = check_labels(labels, num_classes, name="labels")
+    if len(labels) != len(images):
+        raise ValueError(
+            f"`labels` has {len(labels)} entries for {len(images)} images."
+        )

@@ -32,9 +32,9 @@ from keras_dsd.backend import default_jit_compile
 from keras_dsd.backend import gather_replicas
 from keras_dsd.backend import replica_id
 from keras_dsd.backend import scale_loss_for_replicas
-from keras_dsd.backend.data import EMPTY
-from keras_dsd.backend.data import first_batch
+from keras_dsd.backend import train_step_with_updates
 from keras_dsd.models import preset_utils
+from keras_dsd.models.dsd import ema
 from keras_dsd.models.dsd import objectives
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.latent_metrics import effective_rank
@@ -168,9 +168,9 @@ class DSDImageGenerator(keras.Model):
         validation.check_choice(
             time_distribution, TIME_DISTRIBUTIONS, "time_distribution"
         )
-        _check_decay(teacher_decay, "teacher_decay")
+        ema.check_decay(teacher_decay, "teacher_decay")
         if ema_decay is not None:
-            _check_decay(ema_decay, "ema_decay")
+            ema.check_decay(ema_decay, "ema_decay")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(
                 f"`label_dropout` must be in [0, 1), got {label_dropout!r}."
@@ -183,12 +183,12 @@ class DSDImageGenerator(keras.Model):
         self.backbone = backbone
         uses_teacher = objectives.USES_TARGET_LATENT[objective]
         self.teacher_backbone = (
-            _frozen_copy(backbone, "teacher_backbone")
+            ema.frozen_copy(backbone, "teacher_backbone")
             if uses_teacher and teacher == "ema"
             else None
         )
         self.ema_backbone = (
-            _frozen_copy(backbone, "ema_backbone")
+            ema.frozen_copy(backbone, "ema_backbone")
             if ema_decay is not None
             else None
         )
@@ -388,95 +388,27 @@ class DSDImageGenerator(keras.Model):
 
     def train_step(self, *args):
         # The teacher and the sampling EMA move after the optimizer step, if
-        # it changed the weights. The math is shared; only how variables are
-        # read and written differs (JAX training is stateless, so it edits
-        # the returned state).
-        if keras.backend.backend() == "jax":
-            state, data = args
-            before = self._optimizer_updates(state[2])
-            logs, state = super().train_step(state, data)
-            return logs, self._update_emas_in_state(state, before)
-        before = self._optimizer_updates()
-        logs = super().train_step(*args)
-        applied = ops.not_equal(self._optimizer_updates(), before)
-        for variable, value in self._ema_updates(lambda v: v.value, applied):
-            variable.assign(value)
-        return logs
-
-    def _optimizer_updates(self, optimizer_values=None):
-        """Updates the optimizer has applied to the weights, read from the
-        optimizer that applies them (the inner one of a
-        `LossScaleOptimizer`, whose skipped steps it does not count; with
-        gradient accumulation, one per accumulated group). With
-        `optimizer_values` (JAX), read from those values."""
-        optimizer = self.optimizer
-        inner = getattr(optimizer, "inner_optimizer", optimizer)
-        if optimizer_values is None:
-            # A copy: PyTorch's variables update in place.
-            return ops.copy(inner.iterations)
-        mapping = list(zip(optimizer.variables, optimizer_values))
-        with keras.StatelessScope(state_mapping=mapping):
-            return ops.convert_to_tensor(inner.iterations)
-
-    def _ema_networks(self):
-        """(EMA network, decay) pairs that follow the trained weights: the
-        teacher and the sampling EMA."""
-        pairs = []
-        if self.teacher_backbone is not None:
-            pairs.append((self.teacher_backbone, self.teacher_decay))
-        if self.ema_backbone is not None:
-            pairs.append((self.ema_backbone, self.ema_decay))
-        return pairs
-
-    def _ema_updates(self, read, applied):
-        """New values of the EMA networks' weights and of `ema_step`.
-
-        `read(variable)` returns a variable's current value; `applied` is a
-        boolean tensor, true when the optimizer step just changed the
-        weights. Returns a list of `(variable, new_value)`.
-        """
-        step = read(self.ema_step)
-        # `k`: EMA updates done before this one.
-        k = ops.cast(step, "float32")
-        updates = [
-            (
-                self.ema_step,
-                ops.cast(
-                    step + ops.cast(applied, step.dtype), self.ema_step.dtype
-                ),
-            )
-        ]
-        for network, decay in self._ema_networks():
-            decay_k = ops.convert_to_tensor(decay, "float32")
-            if self.ema_warmup:
-                decay_k = ops.minimum(decay_k, (1.0 + k) / (10.0 + k))
-            decay_k = ops.where(applied, decay_k, 1.0)
-            for target, source in zip(network.weights, self.backbone.weights):
-                old = ops.cast(read(target), "float32")
-                new = ops.stop_gradient(ops.cast(read(source), "float32"))
-                value = decay_k * old + (1.0 - decay_k) * new
-                updates.append((target, ops.cast(value, target.dtype)))
-        return updates
-
-    def _update_emas_in_state(self, state, before):
-        trainable, non_trainable, optimizer_values, metrics = state
-        applied = ops.not_equal(
-            self._optimizer_updates(optimizer_values), before
+        # it changed the weights (`keras_dsd.models.dsd.ema`).
+        return train_step_with_updates(
+            self,
+            super().train_step,
+            args,
+            before=lambda: ema.optimizer_updates(self.optimizer),
+            after=self._update_averages,
         )
-        values = {}
-        for variables, current in (
-            (self.trainable_variables, trainable),
-            (self.non_trainable_variables, non_trainable),
-            (self.optimizer.variables, optimizer_values),
-        ):
-            values.update({id(v): val for v, val in zip(variables, current)})
-        index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
-        non_trainable = list(non_trainable)
-        for variable, value in self._ema_updates(
-            lambda v: values[id(v)], applied
-        ):
-            non_trainable[index[id(variable)]] = value
-        return trainable, non_trainable, optimizer_values, metrics
+
+    def _update_averages(self, updates_before):
+        applied = ops.not_equal(
+            ema.optimizer_updates(self.optimizer), updates_before
+        )
+        averages = []
+        if self.teacher_backbone is not None:
+            averages.append((self.teacher_backbone, self.teacher_decay))
+        if self.ema_backbone is not None:
+            averages.append((self.ema_backbone, self.ema_decay))
+        ema.update_averages(
+            averages, self.backbone, self.ema_step, applied, self.ema_warmup
+        )
 
     def fit(self, x=None, y=None, **kwargs):
         """`keras.Model.fit`, after checking the first batch of data.
@@ -492,7 +424,13 @@ class DSDImageGenerator(keras.Model):
                 "first (a model built with compile=False, or loaded from a "
                 ".keras file saved under another backend, comes without one)."
             )
-        self._check_training_data(x, y)
+        validation.check_training_data(
+            x,
+            y,
+            self.backbone.image_size,
+            self.backbone.patch_size,
+            self.backbone.num_classes,
+        )
         if self._ema_step_from_optimizer:
             # A file written before `ema_step` existed: its warm-up counted
             # the optimizer's updates, which its optimizer state still has.
@@ -512,33 +450,6 @@ class DSDImageGenerator(keras.Model):
             self._ema_step_from_optimizer = True
             return
         super().load_own_variables(store)
-
-    def _check_training_data(self, x, y):
-        batch = first_batch(x, y)
-        if batch is None:
-            return
-        images, labels = batch
-        if batch is EMPTY or (images is not None and len(images) == 0):
-            raise ValueError(
-                f"DSDImageGenerator.fit got empty training data: `x` (a "
-                f"{type(x).__name__}) holds no images; expected at least "
-                f"one batch of (images, labels)."
-            )
-        validation.check_images(
-            images, self.backbone.image_size, self.backbone.patch_size
-        )
-        if labels is None:
-            raise ValueError(
-                "DSDImageGenerator.fit needs class labels: pass "
-                '(images, labels) or {"images": ..., "labels": ...}.'
-            )
-        labels = validation.check_labels(
-            labels, self.backbone.num_classes, name="labels"
-        )
-        if len(labels) != len(images):
-            raise ValueError(
-                f"`labels` has {len(labels)} entries for {len(images)} images."
-            )
 
     # === Generation ===
     def _inference_function(self, key, fn):
@@ -781,23 +692,6 @@ class _ReplicaSeedGenerator(keras.random.SeedGenerator):
             return seed
         offset = ops.stack([ops.cast(replica, "int32") * 1_000_003, 0])
         return seed + ops.cast(offset, seed.dtype)
-
-
-def _check_decay(value, name):
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1), got {name}={value!r}.")
-
-
-def _frozen_copy(backbone, name):
-    """A non-trainable copy of `backbone` with its own weight buffers."""
-    config = {**backbone.get_config(), "name": name}
-    copy = backbone.__class__.from_config(config)
-    for target, source in zip(copy.weights, backbone.weights):
-        # Copy through numpy so that no two variables share a buffer (JAX
-        # donates the training state's buffers).
-        target.assign(np.array(ops.convert_to_numpy(source)))
-    copy.trainable = False
-    return copy
 
 
 def _to_uint8(images):

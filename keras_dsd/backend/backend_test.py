@@ -1,0 +1,65 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_dsd import backend
+
+
+class CountingModel(keras.Model):
+    """A linear model whose `train_step` adds its kernel's first entry to a
+    non-trainable running sum after each step, through
+    `backend.train_step_with_updates`."""
+
+    def __init__(self, assign_trainable=False):
+        super().__init__()
+        self.dense = keras.layers.Dense(1, use_bias=False)
+        self.dense.build((None, 1))
+        self.total = keras.Variable(0.0, trainable=False, name="total")
+        self.assign_trainable = assign_trainable
+
+    def call(self, x):
+        return self.dense(x)
+
+    def train_step(self, *args):
+        return backend.train_step_with_updates(
+            self,
+            super().train_step,
+            args,
+            before=lambda: keras.ops.copy(self.dense.kernel[0, 0]),
+            after=self._after,
+        )
+
+    def _after(self, kernel_before):
+        if self.assign_trainable:
+            self.dense.kernel.assign(self.dense.kernel * 0.0)
+            return
+        # Before and after the optimizer step, as the step saw them.
+        self.total.assign(
+            self.total.value + kernel_before + self.dense.kernel[0, 0]
+        )
+
+
+def _fit(model, steps):
+    x = np.ones((steps, 1), "float32")
+    model.compile(optimizer=keras.optimizers.SGD(0.25), loss="mse")
+    model.dense.kernel.assign([[0.0]])
+    model.fit(x, x, batch_size=1, epochs=1, shuffle=False, verbose=0)
+
+
+def test_updates_run_after_each_step_with_the_value_from_before():
+    model = CountingModel()
+    _fit(model, steps=2)
+    # y = w x with x = y = 1, mse: w <- w - 0.25 * 2 (w - 1) = 0.5 w + 0.5.
+    # w: 0 -> 0.5 -> 0.75; total = (0 + 0.5) + (0.5 + 0.75) = 1.75.
+    np.testing.assert_allclose(float(model.dense.kernel[0, 0]), 0.75)
+    np.testing.assert_allclose(float(model.total), 1.75, rtol=1e-6)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="Only JAX's stateless step restricts what `after` assigns.",
+)
+def test_jax_refuses_an_update_of_a_trainable_variable():
+    model = CountingModel(assign_trainable=True)
+    with pytest.raises(ValueError, match="only non-trainable.*kernel"):
+        _fit(model, steps=1)
