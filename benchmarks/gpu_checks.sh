@@ -42,10 +42,12 @@ if [ "$DRY" = 0 ]; then
   PRESET=dsd_b; B1=32; B2=64; STEPS=10; WARMUP=2; NFE=32
   MP=--mixed-precision
   T_ATTN=60; T_JAX1=150; T_JAX2=120; T_TORCH=90; T_COMPILE=180
+  T_DATA=150; N_JPEG=512
 else
   export CUDA_VISIBLE_DEVICES="" JAX_PLATFORMS=cpu
   PRESET=dsd_tiny; B1=4; B2=8; STEPS=1; WARMUP=1; NFE=2; MP=""
   T_ATTN=600; T_JAX1=600; T_JAX2=600; T_TORCH=600; T_COMPILE=600
+  T_DATA=600; N_JPEG=32
 fi
 $PY - <<'PY'
 import importlib
@@ -86,6 +88,11 @@ step "torch.compile $PRESET" "$T_COMPILE" \
 if $PY -c "import tensorflow" 2>/dev/null; then
   step "tensorflow $PRESET" 300 \
     $(bench tensorflow "$B1" --sampler euler --sample-steps "$NFE")
+  # The input pipeline (tf.data) against the model: share of the step spent
+  # waiting for data, generated JPEGs, every core of the host.
+  step "data wait jax $PRESET batch $B1" "$T_DATA" env KERAS_BACKEND=jax \
+    $PY benchmarks/data_wait.py --preset "$PRESET" --batch-size "$B1" \
+    --steps "$STEPS" --rounds 2 --warmup "$WARMUP" --num-images "$N_JPEG" $MP
 else
   echo "=== tensorflow: not installed on this machine, no timing"
 fi
