@@ -47,6 +47,57 @@ def dot_product_attention(query, key, value):
     return jnp.transpose(attended, (0, 2, 1, 3))
 
 
+def gradient_barrier(x):
+    """Identity whose gradient XLA computes in full before using it.
+
+    On JAX's CPU only (elsewhere `x` is returned as is). The gradient of a
+    residual stream, `x + f(x) + g(x + f(x)) + ...`, is a sum with one term
+    per later block. XLA's CPU backend fuses that sum into every consumer
+    instead of computing it once (each block's gradient has three: the
+    input and weight gradients of the next Dense and the next block), so
+    block `i` recomputes the terms of all blocks after it: elementwise work
+    quadratic in depth, in fusions of 90+ operands read through transposed
+    layouts. `jax.lax.optimization_barrier` would stop this, but XLA's CPU
+    pipeline removes it before fusion; a `lax.cond` whose predicate is
+    always true (but not provably so to XLA) keeps the gradient one
+    buffer. Same values to the bit (NaN and inf included): the cond only
+    passes the gradient through. DSD-S training step: 25 % faster,
+    22 % fewer bytes accessed (docs/speed.md).
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    return _gradient_barrier(x)
+
+
+@jax.custom_vjp
+def _gradient_barrier(x):
+    return x
+
+
+def _gradient_barrier_forward(x):
+    return x, None
+
+
+def _gradient_barrier_backward(_, gradient):
+    first = jnp.ravel(gradient)[0]
+    bits = jax.lax.bitcast_convert_type(
+        first, jnp.dtype(f"int{8 * first.dtype.itemsize}")
+    )
+    # Every bit pattern `b` has `b | 1 != 0`, so the first branch always
+    # runs; the second only gives XLA a conditional it cannot remove.
+    return (
+        jax.lax.cond(
+            (bits | 1) != 0,
+            lambda g: g,
+            lambda g: jnp.zeros_like(g),
+            gradient,
+        ),
+    )
+
+
+_gradient_barrier.defvjp(_gradient_barrier_forward, _gradient_barrier_backward)
+
+
 def replica_id():
     # With `keras.distribution`, one jitted program sees the global batch and
     # the random draws are already distinct across its shards.

@@ -5,6 +5,17 @@ from keras_dsd import backend
 from keras_dsd.layers.adaptive_layer_norm import AdaptiveLayerNorm
 
 
+def _gradient_barrier(tokens):
+    """The residual stream's gradient, computed once per block on JAX's CPU
+    (`keras_dsd.backend.jax_backend.gradient_barrier`); the identity
+    elsewhere."""
+    if keras.backend.backend() != "jax":
+        return tokens
+    from keras_dsd.backend import jax_backend
+
+    return jax_backend.gradient_barrier(tokens)
+
+
 @keras.saving.register_keras_serializable(package="keras_dsd")
 class SelfAttention(keras.layers.Layer):
     """Multi-head self-attention on `(B, N, D)` tokens.
@@ -127,8 +138,11 @@ class DSDTransformerBlock(keras.layers.Layer):
         )
 
     def call(self, tokens, conditioning):
+        # The barriers change no value; they stop XLA's CPU backend from
+        # recomputing every later block's gradient terms in this block.
+        tokens = _gradient_barrier(tokens)
         normed, gate = self.attention_norm(tokens, conditioning)
-        tokens = tokens + gate * self.attention(normed)
+        tokens = _gradient_barrier(tokens + gate * self.attention(normed))
         normed, gate = self.mlp_norm(tokens, conditioning)
         return tokens + gate * self.mlp_output(self.mlp_hidden(normed))
 
