@@ -69,33 +69,26 @@ def gradient_barrier(x):
     return _gradient_barrier(x)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _gradient_barrier(x):
     return x
 
 
-def _gradient_barrier_forward(x):
-    return x, None
-
-
-def _gradient_barrier_backward(_, gradient):
-    first = jnp.ravel(gradient)[0]
+@_gradient_barrier.defjvp
+def _gradient_barrier_jvp(primals, tangents):
+    (x,), (tangent,) = primals, tangents
+    first = jnp.ravel(x)[0]
     bits = jax.lax.bitcast_convert_type(
         first, jnp.dtype(f"int{8 * first.dtype.itemsize}")
     )
     # Every bit pattern `b` has `b | 1 != 0`, so the first branch always
-    # runs; the second only gives XLA a conditional it cannot remove.
-    return (
-        jax.lax.cond(
-            (bits | 1) != 0,
-            lambda g: g,
-            lambda g: jnp.zeros_like(g),
-            gradient,
-        ),
+    # runs; the second only gives XLA a conditional it cannot remove. The
+    # tangent's cond transposes to the same cond on the gradient (reverse
+    # mode), and forward mode keeps working.
+    tangent = jax.lax.cond(
+        (bits | 1) != 0, lambda t: t, lambda t: jnp.zeros_like(t), tangent
     )
-
-
-_gradient_barrier.defvjp(_gradient_barrier_forward, _gradient_barrier_backward)
+    return x, tangent
 
 
 def replica_id():

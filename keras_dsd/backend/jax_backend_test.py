@@ -41,30 +41,32 @@ def _stack_gradient_hlo(num_blocks, monkeypatch=None):
     return jax.jit(jax.grad(loss)).lower(tokens).compile().as_text()
 
 
+def _bits(x):
+    x = np.asarray(x)
+    return x.view(np.uint16 if x.dtype.itemsize == 2 else np.uint32)
+
+
 def test_gradient_barrier_passes_values_and_gradients_bit_for_bit():
     import jax
     import jax.numpy as jnp
 
     from keras_dsd.backend import jax_backend
 
+    barrier = jax.jit(jax_backend.gradient_barrier)
     for dtype in ("float32", "bfloat16"):
-        x = jnp.asarray([1.5, -2.0, 0.25], dtype)
-        # The cotangent's first element decides the cond's predicate: every
-        # bit pattern, special values included, must take the identity.
+        # The input's first element decides the cond's predicate: every bit
+        # pattern, special values included, must take the identity.
         for first in (0.0, -0.0, np.inf, -np.inf, np.nan, 3.0):
-            cotangent = jnp.asarray([first, -0.0, 7.0], dtype)
-            value, vjp = jax.vjp(jax.jit(jax_backend.gradient_barrier), x)
+            x = jnp.asarray([first, -2.0, 0.25], dtype)
+            cotangent = jnp.asarray([np.nan, -0.0, 7.0], dtype)
+            value, vjp = jax.vjp(barrier, x)
             (gradient,) = jax.jit(vjp)(cotangent)
-            np.testing.assert_array_equal(np.asarray(value), np.asarray(x))
             assert gradient.dtype == cotangent.dtype
-            np.testing.assert_array_equal(
-                np.asarray(gradient).view(
-                    np.uint16 if dtype == "bfloat16" else np.uint32
-                ),
-                np.asarray(cotangent).view(
-                    np.uint16 if dtype == "bfloat16" else np.uint32
-                ),
-            )
+            np.testing.assert_array_equal(_bits(value), _bits(x))
+            np.testing.assert_array_equal(_bits(gradient), _bits(cotangent))
+            # Forward mode too (a custom_vjp would refuse it).
+            _, tangent = jax.jvp(barrier, (x,), (cotangent,))
+            np.testing.assert_array_equal(_bits(tangent), _bits(cotangent))
 
 
 def test_gradient_barrier_survives_xla_on_cpu():
