@@ -61,8 +61,8 @@ def gradient_barrier(x):
     pipeline removes it before fusion; a `lax.cond` whose predicate is
     always true (but not provably so to XLA) keeps the gradient one
     buffer. Same values to the bit (NaN and inf included): the cond only
-    passes the gradient through. DSD-S training step: 25 % faster,
-    22 % fewer bytes accessed (docs/speed.md).
+    passes the gradient through. DSD-S training step: about 25 % faster,
+    23 % fewer bytes accessed (docs/speed.md).
     """
     if jax.default_backend() != "cpu":
         return x
