@@ -10,6 +10,9 @@
   (fused kernels: SDPA / flash on torch, cuDNN on JAX GPUs), except on
   JAX's CPU, where XLA runs the `(B, N, heads, ...)` layout's batched
   products several times slower than heads-first ones.
+- `gradient_barrier(x)`: the identity, whose gradient JAX's CPU backend is
+  made to compute once instead of fusing it into every consumer (residual
+  streams: `keras_dsd.layers.DSDTransformerBlock`).
 - `replica_id()`: which data-parallel replica runs the current training
   step (`None` where the whole global batch is one program, as with JAX's
   `keras.distribution`), so that replicas draw different diffusion noise.
@@ -56,6 +59,12 @@ def compile_inference_function(fn, variables):
 
 def dot_product_attention(query, key, value):
     return _module().dot_product_attention(query, key, value)
+
+
+def gradient_barrier(x):
+    """Identity with a gradient that XLA's CPU backend computes once
+    (see `jax_backend.gradient_barrier`); the plain identity elsewhere."""
+    return _module().gradient_barrier(x)
 
 
 def replica_id():

@@ -83,6 +83,50 @@ def _state_mapping(model, state):
     ]
 
 
+def gradient_barrier(x):
+    """Identity whose gradient XLA computes in full before using it.
+
+    On JAX's CPU only (elsewhere `x` is returned as is). The gradient of a
+    residual stream, `x + f(x) + g(x + f(x)) + ...`, is a sum with one term
+    per later block. XLA's CPU backend fuses that sum into every consumer
+    instead of computing it once (each block's gradient has three: the
+    input and weight gradients of the next Dense and the next block), so
+    block `i` recomputes the terms of all blocks after it: elementwise work
+    quadratic in depth, in fusions of 90+ operands read through transposed
+    layouts. `jax.lax.optimization_barrier` would stop this, but XLA's CPU
+    pipeline removes it before fusion; a `lax.cond` whose predicate is
+    always true (but not provably so to XLA) keeps the gradient one
+    buffer. Same values to the bit (NaN and inf included): the cond only
+    passes the gradient through. DSD-S training step: about 25 % faster,
+    23 % fewer bytes accessed (docs/speed.md).
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    return _gradient_barrier(x)
+
+
+@jax.custom_jvp
+def _gradient_barrier(x):
+    return x
+
+
+@_gradient_barrier.defjvp
+def _gradient_barrier_jvp(primals, tangents):
+    (x,), (tangent,) = primals, tangents
+    first = jnp.ravel(x)[0]
+    bits = jax.lax.bitcast_convert_type(
+        first, jnp.dtype(f"int{8 * first.dtype.itemsize}")
+    )
+    # Every bit pattern `b` has `b | 1 != 0`, so the first branch always
+    # runs; the second only gives XLA a conditional it cannot remove. The
+    # tangent's cond transposes to the same cond on the gradient (reverse
+    # mode), and forward mode keeps working.
+    tangent = jax.lax.cond(
+        (bits | 1) != 0, lambda t: t, lambda t: jnp.zeros_like(t), tangent
+    )
+    return x, tangent
+
+
 def replica_id():
     # With `keras.distribution`, one jitted program sees the global batch and
     # the random draws are already distinct across its shards.

@@ -20,6 +20,11 @@ def dot_product_attention(query, key, value):
     return keras.ops.dot_product_attention(query, key, value)
 
 
+def gradient_barrier(x):
+    # Only XLA's CPU backend needs one (see jax_backend.gradient_barrier).
+    return x
+
+
 def replica_id():
     """The replica id inside `strategy.run` with several replicas, else
     `None`."""

@@ -127,8 +127,13 @@ class DSDTransformerBlock(keras.layers.Layer):
         )
 
     def call(self, tokens, conditioning):
+        # The barriers change no value; they stop XLA's CPU backend from
+        # recomputing every later block's gradient terms in this block.
+        tokens = backend.gradient_barrier(tokens)
         normed, gate = self.attention_norm(tokens, conditioning)
-        tokens = tokens + gate * self.attention(normed)
+        tokens = backend.gradient_barrier(
+            tokens + gate * self.attention(normed)
+        )
         normed, gate = self.mlp_norm(tokens, conditioning)
         return tokens + gate * self.mlp_output(self.mlp_hidden(normed))
 

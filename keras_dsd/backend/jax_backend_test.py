@@ -1,0 +1,103 @@
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from keras_dsd import backend
+from keras_dsd.layers import transformer_block
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX backend module"
+)
+
+
+def _largest_loop_fusion(hlo_text):
+    """Operand count of the compiled program's largest elementwise fusion."""
+    counts = [
+        operands.count("%")
+        for operands in re.findall(r"fusion\((.*?)\), kind=kLoop", hlo_text)
+    ]
+    return max(counts)
+
+
+def _stack_gradient_hlo(num_blocks, monkeypatch=None):
+    import jax
+
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(2, 16, 32)).astype("float32")
+    conditioning = rng.normal(size=(2, 32)).astype("float32")
+    blocks = [
+        transformer_block.DSDTransformerBlock(32, num_heads=2)
+        for _ in range(num_blocks)
+    ]
+    for block in blocks:
+        block.build(tokens.shape, conditioning.shape)
+
+    def loss(tokens):
+        for block in blocks:
+            tokens = block(tokens, conditioning)
+        return (tokens**2).sum()
+
+    return jax.jit(jax.grad(loss)).lower(tokens).compile().as_text()
+
+
+def _bits(x):
+    x = np.asarray(x)
+    return x.view(np.uint16 if x.dtype.itemsize == 2 else np.uint32)
+
+
+def test_gradient_barrier_passes_values_and_gradients_bit_for_bit():
+    import jax
+    import jax.numpy as jnp
+
+    from keras_dsd.backend import jax_backend
+
+    barrier = jax.jit(jax_backend.gradient_barrier)
+    for dtype in ("float32", "bfloat16"):
+        # The input's first element decides the cond's predicate: every bit
+        # pattern, special values included, must take the identity.
+        for first in (0.0, -0.0, np.inf, -np.inf, np.nan, 3.0):
+            x = jnp.asarray([first, -2.0, 0.25], dtype)
+            cotangent = jnp.asarray([np.nan, -0.0, 7.0], dtype)
+            value, vjp = jax.vjp(barrier, x)
+            (gradient,) = jax.jit(vjp)(cotangent)
+            assert gradient.dtype == cotangent.dtype
+            np.testing.assert_array_equal(_bits(value), _bits(x))
+            np.testing.assert_array_equal(_bits(gradient), _bits(cotangent))
+            # Forward mode too (a custom_vjp would refuse it).
+            _, tangent = jax.jvp(barrier, (x,), (cotangent,))
+            np.testing.assert_array_equal(_bits(tangent), _bits(cotangent))
+
+
+def test_gradient_barrier_survives_xla_on_cpu():
+    import jax
+
+    from keras_dsd.backend import jax_backend
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the barrier is a CPU-only rewrite")
+    hlo = (
+        jax.jit(
+            jax.grad(lambda x: (jax_backend.gradient_barrier(x) ** 2).sum())
+        )
+        .lower(np.ones((4, 8), "float32"))
+        .compile()
+        .as_text()
+    )
+    assert " conditional(" in hlo
+
+
+def test_residual_gradient_fusions_do_not_grow_with_depth(monkeypatch):
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the barrier is a CPU-only rewrite")
+    with_barrier = [
+        _largest_loop_fusion(_stack_gradient_hlo(n)) for n in (2, 6)
+    ]
+    monkeypatch.setattr(backend, "gradient_barrier", lambda x: x)
+    without = [_largest_loop_fusion(_stack_gradient_hlo(n)) for n in (2, 6)]
+    print("largest loop fusion, 2 and 6 blocks:", with_barrier, without)
+    assert with_barrier[1] == with_barrier[0]
+    assert without[1] > without[0]
