@@ -655,11 +655,12 @@ class DSDImageGenerator(keras.Model):
                 `0 <= t_low < t_high <= 1`, or `None`. With
                 `guidance_scale`, apply guidance only to network evaluations
                 at times `t_low <= t < t_high` (`t = 0` is noise, `t = 1`
-                clean; compared in float32) and use the plain conditional
-                velocity elsewhere, at half the cost (Kynkäänniemi et al.,
-                2024: guidance at high noise mostly costs diversity). `None`
-                (the default) guides every evaluation. Requires
-                `guidance_scale`.
+                clean; compared in float32) and the plain conditional
+                velocity, one batch instead of a doubled one, elsewhere.
+                Guidance at high noise (small `t`) mostly costs diversity
+                (Kynkäänniemi et al., 2024,
+                https://arxiv.org/abs/2404.07724). `None` (the default)
+                guides every evaluation. Requires `guidance_scale`.
 
         Returns:
             uint8 numpy array `(len(class_labels), H, W, 3)`, and the float32
