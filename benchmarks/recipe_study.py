@@ -785,23 +785,27 @@ def report(args):
     return 0
 
 
+def _budget_label(budget):
+    return ", ".join(f"{key}: {value}" for key, value in budget.items())
+
+
 def sampling_table(records):
     groups = {}
-    for record in records:
-        if record["kind"] == "train" and record["status"] == "ok":
-            for name, scores in record["evaluations"].items():
-                groups.setdefault((record["name"], name), []).append(scores)
-        elif record["kind"] == "sampling":
-            groups.setdefault(
-                (record["name"], record["evaluation"]), []
-            ).append(record["scores"])
+    for config, budget, name, scores, _ in scored_evaluations(records):
+        groups.setdefault((config, budget, name), []).append(scores)
     lines = [
-        "| config | sampling | NFE | seeds | class acc. | FD | "
+        "| config | budget | sampling | NFE | seeds | class acc. | FD | "
         "precision | recall |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, evaluation), scores in sorted(groups.items()):
-        cells = [name, evaluation, str(scores[0]["nfe"]), str(len(scores))]
+    for (name, budget, evaluation), scores in sorted(groups.items()):
+        cells = [
+            name,
+            budget,
+            evaluation,
+            str(scores[0]["nfe"]),
+            str(len(scores)),
+        ]
         for metric in (
             "class_accuracy",
             "frechet_distance",
@@ -857,34 +861,43 @@ def plot(rows, records, prefix):
 
 
 def scored_evaluations(records):
-    """`(config name, evaluation name, scores, floor)` of every scored
-    sample set: the evaluations of training runs and the resampled ones."""
+    """`(config name, budget label, evaluation name, scores, floor)` of
+    every scored sample set: the evaluations of training runs and the
+    resampled ones."""
     found = []
     for record in records:
         if record.get("status") != "ok":
             continue
         floor = record["scoring"]["frechet_floor"]
+        budget = _budget_label(record["budget"])
         if record["kind"] == "train":
             for name, scores in record["evaluations"].items():
-                found.append((record["name"], name, scores, floor))
+                found.append((record["name"], budget, name, scores, floor))
         elif record["kind"] == "sampling":
             found.append(
-                (record["name"], record["evaluation"], record["scores"], floor)
+                (
+                    record["name"],
+                    budget,
+                    record["evaluation"],
+                    record["scores"],
+                    floor,
+                )
             )
     return found
 
 
 def guidance_curves(records):
-    """{config: {scale: [(accuracy, recall, fd / floor) per seed]}} for
-    Heun-16 evaluations guided at every step; scale 0 stands for
-    unguided."""
+    """{"config (budget)": {scale: [(accuracy, recall, fd / floor) per
+    seed]}} for Heun-16 evaluations guided at every step; scale 0 stands
+    for unguided."""
     curves = {}
-    for config, name, scores, floor in scored_evaluations(records):
+    for config, budget, name, scores, floor in scored_evaluations(records):
         if not name.startswith("heun16_shift1_") or "_interval" in name:
             continue
         guidance = name.rsplit("_", 1)[1]
         scale = 0.0 if guidance == "unguided" else float(guidance[3:])
-        curves.setdefault(config, {}).setdefault(scale, []).append(
+        label = f"{config} ({budget})"
+        curves.setdefault(label, {}).setdefault(scale, []).append(
             (
                 scores["class_accuracy"],
                 scores["recall"],
@@ -895,17 +908,18 @@ def guidance_curves(records):
 
 
 def nfe_curves(records):
-    """{(config, sampler, shift): {nfe: [(accuracy, fd / floor) per seed]}}
-    for unguided evaluations."""
+    """{(config, budget, sampler, shift): {nfe: [(accuracy, fd / floor) per
+    seed]}} for unguided evaluations."""
     curves = {}
-    for config, name, scores, floor in scored_evaluations(records):
+    for config, budget, name, scores, floor in scored_evaluations(records):
         if not name.endswith("_unguided"):
             continue
         sampler_steps, shift = name.split("_")[:2]
         sampler = sampler_steps.rstrip("0123456789")
-        curves.setdefault((config, sampler, shift), {}).setdefault(
-            scores["nfe"], []
-        ).append((scores["class_accuracy"], scores["frechet_distance"] / floor))
+        key = (config, budget, sampler, shift)
+        curves.setdefault(key, {}).setdefault(scores["nfe"], []).append(
+            (scores["class_accuracy"], scores["frechet_distance"] / floor)
+        )
     return {key: c for key, c in curves.items() if len(c) > 1}
 
 
@@ -914,10 +928,10 @@ def plot_nfe(records, prefix, plt):
     if not curves:
         return
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for (config, sampler, shift), by_nfe in sorted(curves.items()):
+    for (config, budget, sampler, shift), by_nfe in sorted(curves.items()):
         nfes = sorted(by_nfe)
         means = np.array([np.mean(by_nfe[n], axis=0) for n in nfes])
-        label = f"{config} {sampler} {shift}"
+        label = f"{config} ({budget}) {sampler} {shift}"
         for i, axis in enumerate(axes):
             axis.plot(nfes, means[:, i], marker="o", label=label)
     for axis, title in zip(axes, ("class accuracy", "FD / floor")):
