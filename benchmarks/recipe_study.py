@@ -575,11 +575,7 @@ def train(args):
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, RESULTS_FILE)
     done = {record["key"] for record in read_results(path)}
-    budget = (
-        {"steps": args.steps}
-        if args.minutes is None
-        else {"minutes": args.minutes}
-    )
+    budget = _budget(args)
     plan = []
     if args.order == "configs":  # all seeds of a configuration first
         pairs = [(name, seed) for name in args.names for seed in args.seeds]
@@ -613,10 +609,19 @@ def train(args):
     return 0
 
 
+def _budget(args):
+    if args.minutes is None:
+        return {"steps": args.steps}
+    return {"minutes": args.minutes}
+
+
 def resample(args):
+    """Scores sampling settings on the saved models of the training runs
+    of `--only` at the budget of `--steps` / `--minutes`."""
     path = os.path.join(args.results_dir, RESULTS_FILE)
     records = read_results(path)
     done = {record["key"] for record in records}
+    budget = _budget(args)
     scorer = None
     # An interval applies to guided evaluations only.
     evaluations = [
@@ -633,7 +638,14 @@ def resample(args):
             run["kind"] != "train"
             or run["status"] != "ok"
             or run["name"] not in args.names
+            or run["budget"] != budget
         ):
+            continue
+        preset = os.path.join(args.results_dir, run["preset"])
+        if not os.path.isdir(preset):
+            print(
+                f"{run['name']} seed {run['seed']}: no saved model at {preset}"
+            )
             continue
         todo = [
             e
@@ -650,9 +662,7 @@ def resample(args):
                 args.classifier_epochs,
                 num_real=args.subsample,
             )
-        model = keras_dsd.models.DSDImageGenerator.from_preset(
-            os.path.join(args.results_dir, run["preset"])
-        )
+        model = keras_dsd.models.DSDImageGenerator.from_preset(preset)
         for evaluation in todo:
             scores = evaluate(
                 model, scorer, [evaluation], args.samples_per_class, run["seed"]

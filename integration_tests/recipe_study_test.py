@@ -229,3 +229,46 @@ def test_network_evaluations_count_guided_ones_twice(
     study = load_study()
     nfe = study.num_network_evaluations(sampler, 2, 1.0, scale, interval)
     assert nfe == expected
+
+
+def test_resample_scores_guidance_intervals_of_saved_runs(tmp_path):
+    study = load_study()
+    path = tmp_path / study.RESULTS_FILE
+    config = json.dumps({"small": {**SMALL, "label_dropout": 0.5}})
+    assert study.main(study_args(tmp_path, "small", "0")[:-1] + [config]) == 0
+    common = [
+        "resample",
+        "--results-dir",
+        str(tmp_path),
+        "--only",
+        "small",
+        "--samples-per-class",
+        "2",
+        "--subsample",
+        "40",
+        "--samplers",
+        "euler",
+        "--num-steps",
+        "2",
+        "--config-json",
+        config,
+    ]
+    # Another budget than the run's: nothing to score.
+    assert study.main(common + ["--steps", "4"]) == 0
+    assert len(read_lines(path)) == 1
+    args = common + ["--steps", "3", "--guidance-scales", "none,2"]
+    args += ["--guidance-intervals", "none,0.5:1"]
+    assert study.main(args) == 0
+    records = read_lines(path)[1:]
+    names = [r["evaluation"] for r in records]
+    # The interval applies to the guided scale only.
+    assert names == [
+        "euler2_shift1_unguided",
+        "euler2_shift1_cfg2",
+        "euler2_shift1_cfg2_interval0.5-1",
+    ]
+    assert [r["scores"]["nfe"] for r in records] == [2, 4, 3]
+    assert records[2]["guidance_interval"] == [0.5, 1.0]
+    # Run again: everything is scored already.
+    assert study.main(args) == 0
+    assert len(read_lines(path)) == 4
