@@ -35,6 +35,10 @@ retraining (`resample`).
     # sampling-time factors on the saved weights
     KERAS_BACKEND=jax python benchmarks/recipe_study.py resample \\
         --only label_dropout_0.1 --guidance-scales 1.5,3
+    # guidance only for sampler times 0.3 <= t < 1 (t = 0 is noise)
+    KERAS_BACKEND=jax python benchmarks/recipe_study.py resample \\
+        --only label_dropout_0.1 --guidance-scales 3 \\
+        --guidance-intervals none,0.3:1
     # tables (markdown) and plots (PNG)
     python benchmarks/recipe_study.py report --plots docs/recipe_study
 """
@@ -99,6 +103,14 @@ _DIGITS_DEMO = {
     },
     **_LEARNING_RATE,
 }
+_CANDIDATE = {
+    "learning_rate": 2e-3,
+    "warmup_steps": 100,
+    "clipnorm": 1.0,
+    "time_mean": -0.8,
+    "time_std": 0.8,
+    "label_dropout": 0.1,
+}
 CONFIGS = {
     "defaults": {},
     # compile()'s 1e-4 barely moves a short run; with the demo's learning
@@ -114,6 +126,12 @@ CONFIGS = {
     "lr_2e-3+uniform": {**_LEARNING_RATE, "time_distribution": "uniform"},
     "lr_2e-3+label_dropout_0.1": {**_LEARNING_RATE, "label_dropout": 0.1},
     "digits_demo": dict(_DIGITS_DEMO),
+    # A candidate for new library defaults: the screen's best single
+    # change (logit-normal(-0.8, 0.8) times) on the demo's optimizer, with
+    # label dropout so that guidance can be scored; `t_min` stays 0.05.
+    "candidate_defaults": dict(_CANDIDATE),
+    "candidate_defaults+t_min_0.25": {**_CANDIDATE, "t_min": 0.25},
+    "candidate_defaults+lr_1e-3": {**_CANDIDATE, "learning_rate": 1e-3},
     "uniform": {"time_distribution": "uniform"},
     "time_mean_-0.5": {"time_mean": -0.5},
     "time_-0.8_0.8": {"time_mean": -0.8, "time_std": 0.8},
@@ -372,17 +390,55 @@ class NonFiniteLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def evaluation_name(sampler, num_steps, time_shift, guidance_scale):
+def evaluation_name(
+    sampler, num_steps, time_shift, guidance_scale, guidance_interval=None
+):
+    """E.g. `heun16_shift1_unguided`, `heun16_shift1_cfg2`,
+    `heun16_shift1_cfg2_interval0.3-1` (guidance for 0.3 <= t < 1 only)."""
     guidance = (
         "unguided" if guidance_scale is None else f"cfg{guidance_scale:g}"
     )
-    return f"{sampler}{num_steps}_shift{time_shift:g}_{guidance}"
+    name = f"{sampler}{num_steps}_shift{time_shift:g}_{guidance}"
+    if guidance_interval is not None:
+        t_low, t_high = guidance_interval
+        name += f"_interval{t_low:g}-{t_high:g}"
+    return name
+
+
+def evaluation_times(sampler, num_steps, time_shift):
+    """The times at which `sampler` evaluates the network (Euler: every grid
+    time but the last; Heun: those, and again the inner ones for its
+    corrector)."""
+    grid = keras_dsd.samplers.time_grid(num_steps, time_shift)
+    if sampler == "euler":
+        return list(grid[:-1])
+    if sampler == "heun":
+        return list(grid[:-1]) + list(grid[1:-1])
+    raise ValueError(f"evaluation_times: unknown sampler {sampler!r}")
+
+
+def num_network_evaluations(
+    sampler, num_steps, time_shift, guidance_scale, guidance_interval
+):
+    """NFE, a guided evaluation (a doubled batch) counting as 2."""
+    nfe = keras_dsd.samplers.num_function_evaluations(sampler, num_steps)
+    if guidance_scale is None:
+        return nfe
+    if guidance_interval is None:
+        return 2 * nfe
+    t_low, t_high = (np.float32(t) for t in guidance_interval)
+    times = evaluation_times(sampler, num_steps, time_shift)
+    assert len(times) == nfe
+    return nfe + sum(1 for t in times if t_low <= t < t_high)
 
 
 def evaluate(model, scorer, evaluations, samples_per_class, seed):
+    """Scores each `(sampler, num_steps, time_shift, guidance_scale,
+    guidance_interval)`; `{evaluation_name: scores}`."""
     class_labels = np.repeat(np.arange(10), samples_per_class)
     results = {}
-    for sampler, num_steps, time_shift, guidance_scale in evaluations:
+    for evaluation in evaluations:
+        sampler, num_steps, time_shift, guidance_scale, interval = evaluation
         start = time.time()
         samples = model.generate(
             class_labels,
@@ -390,16 +446,14 @@ def evaluate(model, scorer, evaluations, samples_per_class, seed):
             sampler=sampler,
             time_shift=time_shift,
             guidance_scale=guidance_scale,
+            guidance_interval=interval,
             seed=seed + 1000,
             batch_size=250,
         )
         scores = scorer.score_samples(samples, class_labels)
-        scores["nfe"] = keras_dsd.samplers.num_function_evaluations(
-            sampler, num_steps
-        ) * (1 if guidance_scale is None else 2)
+        scores["nfe"] = num_network_evaluations(*evaluation)
         scores["seconds"] = round(time.time() - start, 1)
-        name = evaluation_name(sampler, num_steps, time_shift, guidance_scale)
-        results[name] = scores
+        results[evaluation_name(*evaluation)] = scores
     return results
 
 
@@ -480,9 +534,9 @@ def _budget_tag(budget):
 def default_evaluations(config, guidance_scales):
     """Heun, 16 steps (the demo's sampler), unguided; plus the guidance
     scales when the run was trained with label dropout."""
-    evaluations = [("heun", 16, 1.0, None)]
+    evaluations = [("heun", 16, 1.0, None, None)]
     if config.get("label_dropout", 0.0) > 0:
-        evaluations += [("heun", 16, 1.0, s) for s in guidance_scales]
+        evaluations += [("heun", 16, 1.0, s, None) for s in guidance_scales]
     return evaluations
 
 
@@ -521,11 +575,7 @@ def train(args):
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, RESULTS_FILE)
     done = {record["key"] for record in read_results(path)}
-    budget = (
-        {"steps": args.steps}
-        if args.minutes is None
-        else {"minutes": args.minutes}
-    )
+    budget = _budget(args)
     plan = []
     if args.order == "configs":  # all seeds of a configuration first
         pairs = [(name, seed) for name in args.names for seed in args.seeds]
@@ -559,29 +609,49 @@ def train(args):
     return 0
 
 
+def _budget(args):
+    if args.minutes is None:
+        return {"steps": args.steps}
+    return {"minutes": args.minutes}
+
+
 def resample(args):
+    """Scores sampling settings on the saved models of the training runs
+    of `--only` at the budget of `--steps` / `--minutes`."""
     path = os.path.join(args.results_dir, RESULTS_FILE)
     records = read_results(path)
     done = {record["key"] for record in records}
+    budget = _budget(args)
     scorer = None
+    # An interval applies to guided evaluations only.
     evaluations = [
-        (sampler, num_steps, shift, scale)
+        (sampler, num_steps, shift, scale, interval)
         for sampler in args.samplers
         for num_steps in args.num_steps
         for shift in args.time_shifts
         for scale in args.guidance_scales_or_none
+        for interval in args.guidance_intervals
+        if scale is not None or interval is None
     ]
     for run in records:
         if (
             run["kind"] != "train"
             or run["status"] != "ok"
             or run["name"] not in args.names
+            or run["budget"] != budget
         ):
+            continue
+        preset = os.path.join(args.results_dir, run["preset"])
+        if not os.path.isdir(preset):
+            print(
+                f"{run['name']} seed {run['seed']}: no saved model at {preset}"
+            )
             continue
         todo = [
             e
             for e in evaluations
             if f"{run['key']}/{evaluation_name(*e)}" not in done
+            and evaluation_name(*e) not in run["evaluations"]
         ]
         if not todo:
             continue
@@ -592,9 +662,7 @@ def resample(args):
                 args.classifier_epochs,
                 num_real=args.subsample,
             )
-        model = keras_dsd.models.DSDImageGenerator.from_preset(
-            os.path.join(args.results_dir, run["preset"])
-        )
+        model = keras_dsd.models.DSDImageGenerator.from_preset(preset)
         for evaluation in todo:
             scores = evaluate(
                 model, scorer, [evaluation], args.samples_per_class, run["seed"]
@@ -613,6 +681,7 @@ def resample(args):
                 "num_steps": evaluation[1],
                 "time_shift": evaluation[2],
                 "guidance_scale": evaluation[3],
+                "guidance_interval": evaluation[4],
                 "samples_per_class": args.samples_per_class,
                 "scoring": scorer.info,
                 "scores": scores[name],
@@ -726,23 +795,27 @@ def report(args):
     return 0
 
 
+def _budget_label(budget):
+    return ", ".join(f"{key}: {value}" for key, value in budget.items())
+
+
 def sampling_table(records):
     groups = {}
-    for record in records:
-        if record["kind"] == "train" and record["status"] == "ok":
-            for name, scores in record["evaluations"].items():
-                groups.setdefault((record["name"], name), []).append(scores)
-        elif record["kind"] == "sampling":
-            groups.setdefault(
-                (record["name"], record["evaluation"]), []
-            ).append(record["scores"])
+    for config, budget, name, scores, _ in scored_evaluations(records):
+        groups.setdefault((config, budget, name), []).append(scores)
     lines = [
-        "| config | sampling | NFE | seeds | class acc. | FD | "
+        "| config | budget | sampling | NFE | seeds | class acc. | FD | "
         "precision | recall |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, evaluation), scores in sorted(groups.items()):
-        cells = [name, evaluation, str(scores[0]["nfe"]), str(len(scores))]
+    for (name, budget, evaluation), scores in sorted(groups.items()):
+        cells = [
+            name,
+            budget,
+            evaluation,
+            str(scores[0]["nfe"]),
+            str(len(scores)),
+        ]
         for metric in (
             "class_accuracy",
             "frechet_distance",
@@ -794,29 +867,92 @@ def plot(rows, records, prefix):
     figure.savefig(prefix + "_screen.png", dpi=90)
     plt.close(figure)
     plot_guidance(records, prefix, plt)
+    plot_nfe(records, prefix, plt)
+
+
+def scored_evaluations(records):
+    """`(config name, budget label, evaluation name, scores, floor)` of
+    every scored sample set: the evaluations of training runs and the
+    resampled ones."""
+    found = []
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        floor = record["scoring"]["frechet_floor"]
+        budget = _budget_label(record["budget"])
+        if record["kind"] == "train":
+            for name, scores in record["evaluations"].items():
+                found.append((record["name"], budget, name, scores, floor))
+        elif record["kind"] == "sampling":
+            found.append(
+                (
+                    record["name"],
+                    budget,
+                    record["evaluation"],
+                    record["scores"],
+                    floor,
+                )
+            )
+    return found
 
 
 def guidance_curves(records):
-    """{config: {scale: [(accuracy, recall, fd / floor) per seed]}} for
-    Heun-16 evaluations; scale 0 stands for unguided."""
+    """{"config (budget)": {scale: [(accuracy, recall, fd / floor) per
+    seed]}} for Heun-16 evaluations guided at every step; scale 0 stands
+    for unguided."""
     curves = {}
-    for record in records:
-        if record["kind"] != "train" or record["status"] != "ok":
+    for config, budget, name, scores, floor in scored_evaluations(records):
+        if not name.startswith("heun16_shift1_") or "_interval" in name:
             continue
-        floor = record["scoring"]["frechet_floor"]
-        for name, scores in record["evaluations"].items():
-            if not name.startswith("heun16_shift1_"):
-                continue
-            guidance = name.rsplit("_", 1)[1]
-            scale = 0.0 if guidance == "unguided" else float(guidance[3:])
-            curves.setdefault(record["name"], {}).setdefault(scale, []).append(
-                (
-                    scores["class_accuracy"],
-                    scores["recall"],
-                    scores["frechet_distance"] / floor,
-                )
+        guidance = name.rsplit("_", 1)[1]
+        scale = 0.0 if guidance == "unguided" else float(guidance[3:])
+        label = f"{config} ({budget})"
+        curves.setdefault(label, {}).setdefault(scale, []).append(
+            (
+                scores["class_accuracy"],
+                scores["recall"],
+                scores["frechet_distance"] / floor,
             )
+        )
     return {name: c for name, c in curves.items() if len(c) > 1}
+
+
+def nfe_curves(records):
+    """{(config, budget, sampler, shift): {nfe: [(accuracy, fd / floor) per
+    seed]}} for unguided evaluations."""
+    curves = {}
+    for config, budget, name, scores, floor in scored_evaluations(records):
+        if not name.endswith("_unguided"):
+            continue
+        sampler_steps, shift = name.split("_")[:2]
+        sampler = sampler_steps.rstrip("0123456789")
+        key = (config, budget, sampler, shift)
+        curves.setdefault(key, {}).setdefault(scores["nfe"], []).append(
+            (scores["class_accuracy"], scores["frechet_distance"] / floor)
+        )
+    return {key: c for key, c in curves.items() if len(c) > 1}
+
+
+def plot_nfe(records, prefix, plt):
+    curves = nfe_curves(records)
+    if not curves:
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for (config, budget, sampler, shift), by_nfe in sorted(curves.items()):
+        nfes = sorted(by_nfe)
+        means = np.array([np.mean(by_nfe[n], axis=0) for n in nfes])
+        label = f"{config} ({budget}) {sampler} {shift}"
+        for i, axis in enumerate(axes):
+            axis.plot(nfes, means[:, i], marker="o", label=label)
+    for axis, title in zip(axes, ("class accuracy", "FD / floor")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("network evaluations (unguided)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(prefix + "_nfe.png", dpi=90)
+    plt.close(figure)
 
 
 def plot_guidance(records, prefix, plt):
@@ -894,6 +1030,14 @@ def parse_args(argv=None):
         "(resample; 'none' for unguided).",
     )
     parser.add_argument(
+        "--guidance-intervals",
+        default="none",
+        help="resample: comma-separated guidance intervals LOW:HIGH "
+        "(guidance only at sampler times LOW <= t < HIGH, t = 0 noise, "
+        "t = 1 clean; 'none' for every step), e.g. 'none,0.3:1'. "
+        "Applied to the guided scales only.",
+    )
+    parser.add_argument(
         "--samplers", default="heun", help="resample: comma-separated samplers."
     )
     parser.add_argument(
@@ -962,9 +1106,29 @@ def parse_args(argv=None):
     args.guidance_scales = [
         s for s in args.guidance_scales_or_none if s is not None
     ]
+    args.guidance_intervals = [
+        _interval(text, parser)
+        for text in args.guidance_intervals.split(",")
+        if text
+    ] or [None]
     if args.stop_at:
         args.stop_at = _utc_today_at(args.stop_at)
     return args
+
+
+def _interval(text, parser):
+    """'none' -> None; 'LOW:HIGH' -> (LOW, HIGH), checked as `generate`
+    checks it."""
+    if text.lower() == "none":
+        return None
+    try:
+        low, high = (float(x) for x in text.split(":"))
+        return keras_dsd.samplers.check_guidance_interval((low, high), 1.0)
+    except ValueError:
+        parser.error(
+            "--guidance-intervals takes 'none' or LOW:HIGH with "
+            f"0 <= LOW < HIGH <= 1, got {text!r}"
+        )
 
 
 def _utc_today_at(text):

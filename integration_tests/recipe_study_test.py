@@ -188,3 +188,87 @@ def test_report_gives_mean_and_spread_over_seeds(tmp_path, capsys):
     assert np.std(accuracies, ddof=1) == pytest.approx(0.1)
     assert cells[3] == "0.6 ± 0.1"
     assert cells[5] == "2.5 ± 0"  # FD / floor = 5 / 2 on every seed
+
+
+def test_guidance_intervals_on_the_command_line_and_in_names():
+    study = load_study()
+    args = study.parse_args(
+        ["resample", "--guidance-scales", "none,2", "--guidance-intervals"]
+        + ["none,0.3:1"]
+    )
+    assert args.guidance_intervals == [None, (0.3, 1.0)]
+    assert study.evaluation_name("heun", 16, 1.0, 2.0, (0.3, 1.0)) == (
+        "heun16_shift1_cfg2_interval0.3-1"
+    )
+    # Without an interval the names of earlier results are unchanged.
+    assert study.evaluation_name("heun", 16, 1.0, None) == (
+        "heun16_shift1_unguided"
+    )
+    for bad in ("0.5:0.2", "0.3", "a:b", "0:1.5"):
+        with pytest.raises(SystemExit):
+            study.parse_args(["resample", "--guidance-intervals", bad])
+
+
+@pytest.mark.parametrize(
+    "sampler,scale,interval,expected",
+    [
+        # Euler, 2 steps: evaluations at t = 0 and 0.5.
+        ("euler", None, None, 2),
+        ("euler", 2.0, None, 4),
+        ("euler", 2.0, (0.0, 0.25), 3),
+        ("euler", 2.0, (0.6, 1.0), 2),
+        # Heun, 2 steps: t = 0, 0.5 (corrector), 0.5 (final Euler step).
+        ("heun", 2.0, None, 6),
+        ("heun", 2.0, (0.0, 0.25), 4),
+        ("heun", 2.0, (0.5, 1.0), 5),
+    ],
+)
+def test_network_evaluations_count_guided_ones_twice(
+    sampler, scale, interval, expected
+):
+    study = load_study()
+    nfe = study.num_network_evaluations(sampler, 2, 1.0, scale, interval)
+    assert nfe == expected
+
+
+def test_resample_scores_guidance_intervals_of_saved_runs(tmp_path):
+    study = load_study()
+    path = tmp_path / study.RESULTS_FILE
+    config = json.dumps({"small": {**SMALL, "label_dropout": 0.5}})
+    assert study.main(study_args(tmp_path, "small", "0")[:-1] + [config]) == 0
+    common = [
+        "resample",
+        "--results-dir",
+        str(tmp_path),
+        "--only",
+        "small",
+        "--samples-per-class",
+        "2",
+        "--subsample",
+        "40",
+        "--samplers",
+        "euler",
+        "--num-steps",
+        "2",
+        "--config-json",
+        config,
+    ]
+    # Another budget than the run's: nothing to score.
+    assert study.main(common + ["--steps", "4"]) == 0
+    assert len(read_lines(path)) == 1
+    args = common + ["--steps", "3", "--guidance-scales", "none,2"]
+    args += ["--guidance-intervals", "none,0.5:1"]
+    assert study.main(args) == 0
+    records = read_lines(path)[1:]
+    names = [r["evaluation"] for r in records]
+    # The interval applies to the guided scale only.
+    assert names == [
+        "euler2_shift1_unguided",
+        "euler2_shift1_cfg2",
+        "euler2_shift1_cfg2_interval0.5-1",
+    ]
+    assert [r["scores"]["nfe"] for r in records] == [2, 4, 3]
+    assert records[2]["guidance_interval"] == [0.5, 1.0]
+    # Run again: everything is scored already.
+    assert study.main(args) == 0
+    assert len(read_lines(path)) == 4

@@ -130,6 +130,32 @@ def check_time_shift(shift):
     return shift
 
 
+def check_guidance_interval(interval, guidance_scale):
+    """Returns `interval` as a pair of floats `(t_low, t_high)` with
+    `0 <= t_low < t_high <= 1` (sampler time: `t = 0` noise, `t = 1`
+    clean), else raises a clear `ValueError`. An interval needs a
+    `guidance_scale` to apply."""
+    try:
+        t_low, t_high = (float(t) for t in interval)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "`guidance_interval` must be a pair (t_low, t_high) of floats "
+            f"with 0 <= t_low < t_high <= 1, got "
+            f"guidance_interval={interval!r}."
+        ) from None
+    if not 0.0 <= t_low < t_high <= 1.0:
+        raise ValueError(
+            "`guidance_interval` must satisfy 0 <= t_low < t_high <= 1, got "
+            f"guidance_interval={interval!r}."
+        )
+    if guidance_scale is None:
+        raise ValueError(
+            f"`guidance_interval` needs a `guidance_scale`, got "
+            f"guidance_interval={interval!r} with guidance_scale=None."
+        )
+    return (t_low, t_high)
+
+
 def get(name):
     """Returns the sampler function called `name` (see `SAMPLERS`)."""
     return SAMPLERS[check_sampler(name)].fn

@@ -416,6 +416,137 @@ def test_generate_samplers_and_guidance(trained):
     np.testing.assert_allclose(unit, euler, atol=1e-4)
 
 
+def _euler_latents(model, **kwargs):
+    _, latents = model.generate(
+        LABELS,
+        num_steps=2,
+        sampler="euler",
+        seed=0,
+        return_latents=True,
+        **kwargs,
+    )
+    return latents
+
+
+def test_guidance_interval_over_all_times_equals_plain_guidance(trained):
+    model = trained.model
+    guided = _euler_latents(model, guidance_scale=2.0)
+    whole = _euler_latents(
+        model, guidance_scale=2.0, guidance_interval=(0.0, 1.0)
+    )
+    np.testing.assert_allclose(whole, guided, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "interval",
+    [
+        (0.6, 1.0),  # between the last evaluated time 0.5 and t = 1
+        (0.1, 0.5),  # half-open: 0.5 itself is outside
+    ],
+)
+def test_guidance_interval_without_grid_times_is_unguided(trained, interval):
+    # Euler with 2 steps evaluates the network at t = 0 and t = 0.5 only.
+    model = trained.model
+    unguided = _euler_latents(model)
+    latents = _euler_latents(
+        model, guidance_scale=2.0, guidance_interval=interval
+    )
+    np.testing.assert_allclose(latents, unguided, atol=1e-5)
+
+
+def test_guidance_interval_guides_only_the_steps_inside(trained):
+    # Euler, grid 0, 1/2, 1, interval [0, 0.5): the first step uses the
+    # guided velocity v_u + s * (v_c - v_u), the second the conditional
+    # velocity v_c, with v = (z_hat - z) / (1 - t) from the sampling-EMA
+    # network's `denoise` (written out in numpy, as in the test above).
+    model = trained.model
+    scale = 3.0
+    latents = _euler_latents(
+        model, guidance_scale=scale, guidance_interval=(0.0, 0.5)
+    )
+    network = model.ema_backbone
+    labels = np.array(LABELS, "int32")
+    null = np.full((2,), network.null_class, "int32")
+
+    def velocity(z, t, labels):
+        prediction = test_utils.to_numpy(
+            network.denoise(
+                z.astype("float32"), np.full((2,), t, "float32"), labels
+            )
+        )
+        return (prediction - z) / (1.0 - t)
+
+    z = np.random.default_rng(0).standard_normal((2, 4, 4))
+    v_c, v_u = velocity(z, 0.0, labels), velocity(z, 0.0, null)
+    z = z + 0.5 * (v_u + scale * (v_c - v_u))
+    expected = z + 0.5 * velocity(z, 0.5, labels)
+    np.testing.assert_allclose(latents, expected, atol=1e-4)
+    # Both halves matter: the result is neither unguided nor fully guided.
+    assert not np.allclose(latents, _euler_latents(model), atol=1e-3)
+    assert not np.allclose(
+        latents, _euler_latents(model, guidance_scale=scale), atol=1e-3
+    )
+
+
+def test_guidance_interval_runs_the_doubled_batch_only_inside(
+    trained, monkeypatch
+):
+    # Heun, 2 steps: evaluations at t = 0, 0.5 (the corrector) and 0.5
+    # (the final Euler step); only t = 0 is in [0, 0.25).
+    model = trained.model
+    network = model.inference_backbone
+    batch_sizes = []
+    denoise = network.denoise
+
+    def recording_denoise(z, t, labels):
+        batch_sizes.append(int(z.shape[0]))
+        return denoise(z, t, labels)
+
+    monkeypatch.setattr(network, "denoise", recording_denoise)
+    noise = np.random.default_rng(0).standard_normal((2, 4, 4))
+    with test_utils.eager_loops():
+        model.generate_step(
+            keras.ops.convert_to_tensor(noise, "float32"),
+            keras.ops.convert_to_tensor(LABELS, "int32"),
+            num_steps=2,
+            sampler="heun",
+            guidance_scale=2.0,
+            guidance_interval=(0.0, 0.25),
+        )
+    assert batch_sizes == [4, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "interval,match",
+    [
+        ((0.5, 0.5), r"0 <= t_low < t_high <= 1, got guidance_interval="),
+        ((0.7, 0.3), r"guidance_interval=\(0.7, 0.3\)"),
+        ((-0.1, 0.5), r"guidance_interval=\(-0.1, 0.5\)"),
+        ((0.2, 1.5), r"guidance_interval=\(0.2, 1.5\)"),
+        ((float("nan"), 1.0), r"guidance_interval=\(nan, 1.0\)"),
+        ((0.1,), r"must be a pair"),
+        ((0.1, 0.2, 0.3), r"must be a pair"),
+        (0.5, r"must be a pair"),
+        (("a", "b"), r"must be a pair"),
+    ],
+)
+def test_bad_guidance_interval(fresh, interval, match):
+    with pytest.raises(ValueError, match=match):
+        fresh.generate(
+            [0, 1],
+            num_steps=1,
+            guidance_scale=2.0,
+            guidance_interval=interval,
+        )
+
+
+def test_guidance_interval_needs_a_guidance_scale(fresh):
+    with pytest.raises(
+        ValueError, match=r"`guidance_interval` needs a `guidance_scale`"
+    ):
+        fresh.generate([0, 1], num_steps=1, guidance_interval=(0.0, 0.5))
+
+
 def test_generate_in_batches(trained):
     # numpy fills the noise in order, so the first two images of a seed's
     # three are the two images of the same seed: batching (with a padded
