@@ -68,10 +68,26 @@ DEFAULT_RESULTS_DIR = os.path.join(
 
 # === Configurations ===
 
-# Training settings outside `DSDImageGenerator`'s constructor. The model's
-# own arguments (`t_min`, `time_mean`, `teacher`, ...) are read from its
-# signature, so "defaults" is whatever the library defaults are when the run
-# is made (the resolved values are recorded in each line).
+# `DSDImageGenerator`'s defaults before this study changed them
+# (2026-12-01). Every configuration is written as changes to these, so that
+# a configuration's name keeps its meaning when the library defaults move;
+# "defaults" spells out the library's defaults of the day (read from the
+# constructor's signature when the study starts). The resolved values are
+# recorded in each line.
+FORMER_DEFAULTS = {
+    "objective": "dsd",
+    "teacher": "ema",
+    "teacher_decay": 0.999,
+    "ema_decay": 0.9999,
+    "ema_warmup": True,
+    "diffusion_loss_weight": 1.0,
+    "t_min": 0.05,
+    "time_distribution": "logit_normal",
+    "time_mean": 0.0,
+    "time_std": 1.0,
+    "label_dropout": 0.0,
+}
+# Training settings outside `DSDImageGenerator`'s constructor.
 STUDY_DEFAULTS = {
     "preset": "dsd_tiny",
     "backbone_overrides": {},
@@ -83,7 +99,7 @@ STUDY_DEFAULTS = {
 }
 
 
-# Each configuration changes the library defaults by a few settings. The
+# Each configuration changes FORMER_DEFAULTS by a few settings. The
 # order is the order of the screen: the likely causes first, so that a
 # partial study already answers something.
 # The library's `digits` recipe (examples/train_digits.py's settings; its
@@ -99,7 +115,7 @@ _DIGITS_DEMO = {
     **{
         name: value
         for name, value in _DIGITS.generator.items()
-        if keras_dsd.recipes.generator_defaults()[name] != value
+        if FORMER_DEFAULTS[name] != value
     },
     **_LEARNING_RATE,
 }
@@ -112,7 +128,11 @@ _CANDIDATE = {
     "label_dropout": 0.1,
 }
 CONFIGS = {
-    "defaults": {},
+    # DSDImageGenerator(backbone) and compile() with no arguments: what a
+    # new user gets today.
+    "defaults": keras_dsd.recipes.generator_defaults(),
+    # The same before 2026-12-01: compile() was AdamW 1e-4.
+    "former_defaults": {"learning_rate": 1e-4},
     # compile()'s 1e-4 barely moves a short run; with the demo's learning
     # rate the training-time factors below are visible at a small budget.
     "lr_2e-3_warmup": dict(_LEARNING_RATE),
@@ -168,8 +188,9 @@ CONFIGS = {
 
 
 def resolve_config(overrides):
-    """The full configuration: library defaults updated by `overrides`."""
-    config = {**keras_dsd.recipes.generator_defaults(), **STUDY_DEFAULTS}
+    """The full configuration: `FORMER_DEFAULTS` and `STUDY_DEFAULTS`
+    updated by `overrides`."""
+    config = {**FORMER_DEFAULTS, **STUDY_DEFAULTS}
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(
