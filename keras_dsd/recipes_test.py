@@ -6,21 +6,6 @@ from keras_dsd import recipes
 from keras_dsd.testing import test_utils
 
 
-def test_warmup_schedule_is_linear_then_constant():
-    schedule = recipes.warmup_schedule(2e-3, 100)
-    for step, expected in (
-        (0, 0.0),
-        (25, 5e-4),
-        (50, 1e-3),
-        (100, 2e-3),
-        (101, 2e-3),
-        (5000, 2e-3),
-    ):
-        value = float(test_utils.to_numpy(schedule(step)))
-        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-9)
-    assert recipes.warmup_schedule(1e-4, 0) == 1e-4
-
-
 @pytest.mark.parametrize("name", sorted(recipes.RECIPES))
 def test_every_recipe_builds_a_compiled_model(name):
     # On dsd_tiny, so that the ImageNet recipe builds in a second.

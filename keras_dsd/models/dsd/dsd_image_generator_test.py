@@ -182,13 +182,17 @@ def test_mixed_precision_copies_keep_the_policy():
 
 @pytest.mark.parametrize("teacher", ["ema", "online"])
 @pytest.mark.parametrize("objective", ["naive", "decoupled", "dsd"])
-def test_one_step_fit(objective, teacher):
+def test_two_step_fit(objective, teacher):
     model = _compile_fast(_model(objective=objective, teacher=teacher))
-    images, labels = _data()
+    images, labels = _data(2 * BATCH_SIZE)
+    callback = RecordWeights()
     before = model.backbone.get_weights()
-    history = _fit(model, images, labels)
+    history = _fit(model, images, labels, callbacks=[callback])
     _assert_finite_logs(history)
-    assert not _weights_equal(model.backbone.get_weights(), before)
+    # The default warm-up starts from a learning rate of 0: the first
+    # update leaves the weights, the second moves them.
+    assert _weights_equal(callback.weights[0], before)
+    assert not _weights_equal(callback.weights[1], before)
 
 
 def test_fit_with_dict_input():
@@ -225,9 +229,15 @@ def test_fit_with_tf_data():
 def test_compile_defaults(trained):
     model = trained.model
     assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert model.optimizer.clipnorm == 1.0
+    assert float(model.optimizer.weight_decay) == 0.0
+    # Linear warm-up over 100 updates to 2e-3 * 128 / width, by hand.
+    updates = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    peak = 2e-3 * 128 / model.backbone.hidden_dim
     np.testing.assert_allclose(
         float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
-        1e-4,
+        peak * updates / 100,
+        rtol=1e-5,
     )
     assert model.jit_compile == (BACKEND != "torch")
     _assert_finite_logs(trained.history)
