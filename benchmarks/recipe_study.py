@@ -955,45 +955,54 @@ def nfe_curves(records):
 
 
 def plot_nfe(records, prefix, plt):
-    curves = nfe_curves(records)
-    if not curves:
-        return
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for (config, budget, sampler, shift), by_nfe in sorted(curves.items()):
-        nfes = sorted(by_nfe)
-        means = np.array([np.mean(by_nfe[n], axis=0) for n in nfes])
-        label = f"{config} ({budget}) {sampler} {shift}"
-        for i, axis in enumerate(axes):
-            axis.plot(nfes, means[:, i], marker="o", label=label)
-    for axis, title in zip(axes, ("class accuracy", "FD / floor")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("network evaluations (unguided)")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(prefix + "_nfe.png", dpi=90)
-    plt.close(figure)
+    curves = {
+        f"{config} ({budget}) {sampler} {shift}": by_nfe
+        for (config, budget, sampler, shift), by_nfe in sorted(
+            nfe_curves(records).items()
+        )
+    }
+    _plot_curves(
+        plt,
+        curves,
+        ("class accuracy", "FD / floor"),
+        "network evaluations (unguided)",
+        prefix + "_nfe.png",
+        width=10,
+        log2_x=True,
+    )
 
 
 def plot_guidance(records, prefix, plt):
-    curves = guidance_curves(records)
+    _plot_curves(
+        plt,
+        guidance_curves(records),
+        ("class accuracy", "recall", "FD / floor"),
+        "guidance scale (0: unguided)",
+        prefix + "_guidance.png",
+        width=12,
+    )
+
+
+def _plot_curves(plt, curves, titles, xlabel, path, width, log2_x=False):
+    """One panel per score: `curves` is `{label: {x: [scores per seed]}}`,
+    each score tuple in the order of `titles`; plots the mean over seeds."""
     if not curves:
         return
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    titles = ("class accuracy", "recall", "FD / floor")
-    for name, by_scale in curves.items():
-        scales = sorted(by_scale)
-        means = np.array([np.mean(by_scale[s], axis=0) for s in scales])
+    figure, axes = plt.subplots(1, len(titles), figsize=(width, 3.5))
+    for label, by_x in curves.items():
+        xs = sorted(by_x)
+        means = np.array([np.mean(by_x[x], axis=0) for x in xs])
         for i, axis in enumerate(axes):
-            axis.plot(scales, means[:, i], marker="o", label=name)
+            axis.plot(xs, means[:, i], marker="o", label=label)
     for axis, title in zip(axes, titles):
-        axis.set_xlabel("guidance scale (0: unguided)")
+        if log2_x:
+            axis.set_xscale("log", base=2)
+        axis.set_xlabel(xlabel)
         axis.set_title(title)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(prefix + "_guidance.png", dpi=90)
+    figure.savefig(path, dpi=90)
     plt.close(figure)
 
 

@@ -450,8 +450,7 @@ class DSDImageGenerator(keras.Model):
         if self._ema_step_from_optimizer:
             # A file written before `ema_step` existed: its warm-up counted
             # the optimizer's updates, which its optimizer state still has.
-            optimizer = getattr(self.optimizer, "inner_optimizer", None)
-            optimizer = optimizer or self.optimizer
+            optimizer = ema.applying_optimizer(self.optimizer)
             accumulation = optimizer.gradient_accumulation_steps or 1
             updates = int(ops.convert_to_numpy(optimizer.iterations))
             self.ema_step.assign(updates // accumulation)

@@ -49,16 +49,19 @@ def frozen_copy(network, name):
     return copy
 
 
-def optimizer_updates(optimizer):
-    """How many updates `optimizer` has applied to the weights.
+def applying_optimizer(optimizer):
+    """The optimizer that applies the updates: the inner one of a
+    `LossScaleOptimizer` (which does not count the steps it skipped for
+    non-finite gradients), else `optimizer` itself."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
 
-    Read from the optimizer that applies them: the inner one of a
-    `LossScaleOptimizer`, which does not count the steps it skipped for
-    non-finite gradients; with gradient accumulation, one per accumulated
-    group. A copy, since PyTorch's variables change in place.
+
+def optimizer_updates(optimizer):
+    """How many updates `optimizer` has applied to the weights, read from
+    `applying_optimizer(optimizer)`; with gradient accumulation, one per
+    accumulated group. A copy, since PyTorch's variables change in place.
     """
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return ops.copy(inner.iterations)
+    return ops.copy(applying_optimizer(optimizer).iterations)
 
 
 def warmup_decay(decay, step):
