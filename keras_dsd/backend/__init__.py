@@ -10,6 +10,8 @@
   (fused kernels: SDPA / flash on torch, cuDNN on JAX GPUs), except on
   JAX's CPU, where XLA runs the `(B, N, heads, ...)` layout's batched
   products several times slower than heads-first ones.
+- `gelu(x)`: the exact (erf) GELU; on JAX as `x * (1 + erf(x / sqrt 2)) / 2`,
+  the form TensorFlow computes, instead of `jax.nn.gelu`'s costlier `erfc`.
 - `gradient_barrier(x)`: the identity, whose gradient JAX's CPU backend is
   made to compute once instead of fusing it into every consumer (residual
   streams: `keras_dsd.layers.DSDTransformerBlock`).
@@ -59,6 +61,11 @@ def compile_inference_function(fn, variables):
 
 def dot_product_attention(query, key, value):
     return _module().dot_product_attention(query, key, value)
+
+
+def gelu(x):
+    """The exact GELU, `x * Phi(x)` (see `jax_backend.gelu`)."""
+    return _module().gelu(x)
 
 
 def gradient_barrier(x):

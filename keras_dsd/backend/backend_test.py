@@ -63,3 +63,28 @@ def test_jax_refuses_an_update_of_a_trainable_variable():
     model = CountingModel(assign_trainable=True)
     with pytest.raises(ValueError, match="only non-trainable.*kernel"):
         _fit(model, steps=1)
+
+
+def test_gelu_is_the_exact_erf_form():
+    import math
+
+    x = np.array([-6.0, -3.0, -1.0, -0.25, 0.0, 0.5, 1.0, 2.5, 8.0], "float32")
+    # x * Phi(x) with Python's double-precision erf. The absolute
+    # tolerance covers float32 erf round-off near -3..-6 (torch's kernel is
+    # off by 5e-7 there, where GELU itself is ~-4e-3..-6e-9).
+    expected = [v * 0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(
+            backend.gelu(keras.ops.convert_to_tensor(x))
+        ),
+        expected,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    # Hand values: gelu(1) = Phi(1) = 0.841345, gelu(-1) = -(1 - Phi(1)).
+    got = keras.ops.convert_to_numpy(
+        backend.gelu(
+            keras.ops.convert_to_tensor(np.array([1.0, -1.0], "float32"))
+        )
+    )
+    np.testing.assert_allclose(got, [0.8413447, -0.1586553], atol=1e-6)

@@ -101,3 +101,21 @@ def test_residual_gradient_fusions_do_not_grow_with_depth(monkeypatch):
     print("largest loop fusion, 2 and 6 blocks:", with_barrier, without)
     assert with_barrier[1] == with_barrier[0]
     assert without[1] > without[0]
+
+
+def test_gelu_gradient_is_phi_plus_x_times_density():
+    import math
+
+    import jax
+
+    from keras_dsd.backend import jax_backend
+
+    x = np.array([-4.0, -1.5, -0.3, 0.0, 0.7, 2.0, 5.0], "float32")
+    # d/dx x Phi(x) = Phi(x) + x phi(x), in double precision.
+    expected = [
+        0.5 * (1 + math.erf(v / math.sqrt(2)))
+        + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+        for v in x
+    ]
+    grad = jax.jit(jax.vmap(jax.grad(jax_backend.gelu)))(x)
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-6)

@@ -29,6 +29,10 @@ def dot_product_attention(query, key, value):
     return keras.ops.dot_product_attention(query, key, value)
 
 
+def gelu(x):
+    return keras.ops.gelu(x, approximate=False)
+
+
 def gradient_barrier(x):
     # Only XLA's CPU backend needs one (see jax_backend.gradient_barrier).
     return x

@@ -114,7 +114,6 @@ class DSDTransformerBlock(keras.layers.Layer):
         self.mlp_norm.build(tokens_shape)
         self.mlp_hidden = keras.layers.Dense(
             int(self.hidden_dim * self.mlp_ratio),
-            activation="gelu",
             dtype=self.dtype_policy,
             name="mlp_hidden",
         )
@@ -135,7 +134,8 @@ class DSDTransformerBlock(keras.layers.Layer):
             tokens + gate * self.attention(normed)
         )
         normed, gate = self.mlp_norm(tokens, conditioning)
-        return tokens + gate * self.mlp_output(self.mlp_hidden(normed))
+        hidden = backend.gelu(self.mlp_hidden(normed))
+        return tokens + gate * self.mlp_output(hidden)
 
     def compute_output_shape(self, tokens_shape, conditioning_shape=None):
         return tokens_shape
