@@ -12,9 +12,13 @@
   products several times slower than heads-first ones.
 - `gelu(x)`: the exact (erf) GELU; on JAX as `x * (1 + erf(x / sqrt 2)) / 2`,
   the form TensorFlow computes, instead of `jax.nn.gelu`'s costlier `erfc`.
+- `matmul(x, kernel)`: a dense layer's product `x @ kernel`; on PyTorch's
+  CPU through oneDNN instead of `torch.matmul` (`keras_dsd.layers.Dense`).
 - `gradient_barrier(x)`: the identity, whose gradient JAX's CPU backend is
   made to compute once instead of fusing it into every consumer (residual
   streams: `keras_dsd.layers.DSDTransformerBlock`).
+- `move_averages(averages, weights, decay)`: the EMA update of one set
+  of variables towards another (multi-tensor kernels on PyTorch).
 - `replica_id()`: which data-parallel replica runs the current training
   step (`None` where the whole global batch is one program, as with JAX's
   `keras.distribution`), so that replicas draw different diffusion noise.
@@ -68,10 +72,38 @@ def gelu(x):
     return _module().gelu(x)
 
 
+def matmul(x, kernel):
+    """`x @ kernel` for a `(..., in)` input and an `(in, out)` kernel (see
+    `torch_backend.matmul`)."""
+    return _module().matmul(x, kernel)
+
+
 def gradient_barrier(x):
     """Identity with a gradient that XLA's CPU backend computes once
     (see `jax_backend.gradient_barrier`); the plain identity elsewhere."""
     return _module().gradient_barrier(x)
+
+
+def move_averages(averages, weights, decay):
+    """`a <- decay * a + (1 - decay) * w` for each variable `a` of
+    `averages` and `w` of `weights` (`decay`: a float32 scalar tensor).
+
+    On PyTorch, with float32 variables, in place in one multi-tensor
+    kernel (`torch_backend.move_averages`): one `assign` per variable costs
+    several eager kernels each, 0.4 s of a 3.3 s dsd_s step for the two
+    averages on 2 CPU cores. Elsewhere one `assign` per variable (XLA fuses
+    them into the compiled step).
+    """
+    if keras.backend.backend() == "torch" and all(
+        v.dtype == "float32" for v in [*averages, *weights]
+    ):
+        return _module().move_averages(averages, weights, decay)
+    for average, weight in zip(averages, weights):
+        old = keras.ops.cast(average.value, "float32")
+        new = keras.ops.stop_gradient(keras.ops.cast(weight.value, "float32"))
+        average.assign(
+            keras.ops.cast(decay * old + (1.0 - decay) * new, average.dtype)
+        )
 
 
 def replica_id():

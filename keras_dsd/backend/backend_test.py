@@ -88,3 +88,35 @@ def test_gelu_is_the_exact_erf_form():
         )
     )
     np.testing.assert_allclose(got, [0.8413447, -0.1586553], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_move_averages_is_decay_times_average_plus_rest_times_weight(dtype):
+    rng = np.random.default_rng(0)
+    old = [rng.normal(size=s).astype("float32") for s in [(3, 4), (4,)]]
+    new = [rng.normal(size=s).astype("float32") for s in [(3, 4), (4,)]]
+    averages = [keras.Variable(v, dtype=dtype, trainable=False) for v in old]
+    weights = [keras.Variable(v, dtype=dtype) for v in new]
+    # Values as the variables hold them (bfloat16 rounds on assignment).
+    old = [
+        keras.ops.convert_to_numpy(keras.ops.cast(v, "float32"))
+        for v in averages
+    ]
+    new = [
+        keras.ops.convert_to_numpy(keras.ops.cast(v, "float32"))
+        for v in weights
+    ]
+    backend.move_averages(
+        averages, weights, keras.ops.convert_to_tensor(0.75, "float32")
+    )
+    tolerance = 1e-6 if dtype == "float32" else 1e-2
+    for average, a, w in zip(averages, old, new):
+        got = keras.ops.convert_to_numpy(keras.ops.cast(average, "float32"))
+        np.testing.assert_allclose(
+            got, 0.75 * a + 0.25 * w, rtol=tolerance, atol=tolerance
+        )
+    # The weights themselves are untouched.
+    for weight, w in zip(weights, new):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(keras.ops.cast(weight, "float32")), w
+        )

@@ -102,6 +102,10 @@ def _state_mapping(model, state):
     ]
 
 
+def matmul(x, kernel):
+    return keras.ops.matmul(x, kernel)
+
+
 def gradient_barrier(x):
     """Identity whose gradient XLA computes in full before using it.
 

@@ -24,6 +24,10 @@ def gelu(x):
     return keras.ops.gelu(x, approximate=False)
 
 
+def matmul(x, kernel):
+    return keras.ops.matmul(x, kernel)
+
+
 def gradient_barrier(x):
     # Only XLA's CPU backend needs one (see jax_backend.gradient_barrier).
     return x

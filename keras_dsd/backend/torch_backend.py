@@ -29,6 +29,74 @@ def dot_product_attention(query, key, value):
     return keras.ops.dot_product_attention(query, key, value)
 
 
+def _onednn_linear():
+    """`torch.ops.mkldnn._linear_pointwise` where this torch has it, else
+    `None`. It computes `x @ w.T` through oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+class _OneDNNMatmul(torch.autograd.Function):
+    """`x @ kernel` for 2D float32 CPU tensors, forward and backward
+    through oneDNN's linear kernel."""
+
+    @staticmethod
+    def forward(ctx, x, kernel):
+        ctx.save_for_backward(x, kernel)
+        return _LINEAR(x, kernel.t(), None, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, kernel = ctx.saved_tensors
+        grad_x = grad_kernel = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _LINEAR(grad, kernel, None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            # x.T @ grad, as `x.T @ (grad.T).T`.
+            grad_kernel = _LINEAR(x.t(), grad.t(), None, "none", [], "")
+        return grad_x, grad_kernel
+
+
+_LINEAR = _onednn_linear()
+
+
+def matmul(x, kernel):
+    """`x @ kernel` for a `(..., in)` input and an `(in, out)` kernel.
+
+    On the CPU in float32, through oneDNN (forward and both gradients)
+    instead of `torch.matmul`: the MKL build in PyTorch's CPU wheels runs
+    AVX2 kernels on AMD processors, at less than half the oneDNN rate on
+    the same cores (docs/speed.md). Elsewhere (CUDA, half precision,
+    `torch.compile` tracing) it is `torch.matmul`.
+    """
+    x = keras.ops.convert_to_tensor(x)
+    kernel = keras.ops.convert_to_tensor(kernel)
+    if (
+        _LINEAR is None
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or kernel.dtype != torch.float32
+        or kernel.dim() != 2
+        or torch.compiler.is_compiling()
+    ):
+        return torch.matmul(x, kernel)
+    flat = x.reshape(-1, x.shape[-1])
+    product = _OneDNNMatmul.apply(flat, kernel)
+    return product.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def move_averages(averages, weights, decay):
+    """`a <- decay * a + (1 - decay) * w` for lists of float32 variables,
+    in place, as one multi-tensor kernel (`torch._foreach_lerp_`); `decay`
+    is a scalar tensor, read on its device (no host sync)."""
+    with torch.no_grad():
+        targets = [a.value for a in averages]
+        sources = [w.value.detach() for w in weights]
+        decay = keras.ops.convert_to_tensor(decay, "float32")
+        torch._foreach_lerp_(targets, sources, [1 - decay] * len(targets))
+
+
 def gelu(x):
     return keras.ops.gelu(x, approximate=False)
 

@@ -4,6 +4,7 @@ from keras_dsd.layers.adaptive_layer_norm import AdaptiveLayerNorm
 from keras_dsd.layers.adaptive_layer_norm import FinalLayer
 from keras_dsd.layers.class_embedding import ClassEmbedding
 from keras_dsd.layers.class_embedding import RoleEmbedding
+from keras_dsd.layers.dense import Dense
 from keras_dsd.layers.patch_embedding import PatchEmbedding
 from keras_dsd.layers.patch_embedding import patchify
 from keras_dsd.layers.patch_embedding import unpatchify

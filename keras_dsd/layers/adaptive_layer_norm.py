@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_dsd.layers.dense import Dense
+
 
 @keras.saving.register_keras_serializable(package="keras_dsd")
 class AdaptiveLayerNorm(keras.layers.Layer):
@@ -36,7 +38,7 @@ class AdaptiveLayerNorm(keras.layers.Layer):
             name="norm",
         )
         self.norm.build(tokens_shape)
-        self.modulation = keras.layers.Dense(
+        self.modulation = Dense(
             self.num_modulations * self.hidden_dim,
             kernel_initializer="zeros",
             dtype=self.dtype_policy,
@@ -86,7 +88,7 @@ class FinalLayer(keras.layers.Layer):
             self.hidden_dim, dtype=self.dtype_policy, name="adaptive_norm"
         )
         self.adaptive_norm.build(tokens_shape)
-        self.projection = keras.layers.Dense(
+        self.projection = Dense(
             self.output_dim,
             kernel_initializer="zeros" if self.zero_init else "glorot_uniform",
             dtype=self.dtype_policy,

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_dsd.layers.dense import Dense
+
 
 def patchify(images, patch_size):
     """Split `(B, H, W, C)` images into `(B, N, p * p * C)` patch tokens.
@@ -54,7 +56,7 @@ class PatchEmbedding(keras.layers.Layer):
                     f"PatchEmbedding: image {name}={size} is not divisible "
                     f"by patch_size={self.patch_size}."
                 )
-        self.projection = keras.layers.Dense(
+        self.projection = Dense(
             self.hidden_dim, dtype=self.dtype_policy, name="projection"
         )
         self.projection.build(

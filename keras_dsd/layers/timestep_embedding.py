@@ -3,6 +3,8 @@ import math
 import keras
 from keras import ops
 
+from keras_dsd.layers.dense import Dense
+
 
 def sinusoidal_embedding(timesteps, dim, max_period=10000.0, scale=1000.0):
     """Sinusoidal features of scalar times, shape `(B,)` -> `(B, dim)`.
@@ -43,7 +45,7 @@ class TimestepEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         init = keras.initializers.RandomNormal(stddev=0.02)
-        self.dense_1 = keras.layers.Dense(
+        self.dense_1 = Dense(
             self.hidden_dim,
             activation="silu",
             kernel_initializer=init,
@@ -51,7 +53,7 @@ class TimestepEmbedding(keras.layers.Layer):
             name="dense_1",
         )
         self.dense_1.build((None, self.frequency_dim))
-        self.dense_2 = keras.layers.Dense(
+        self.dense_2 = Dense(
             self.hidden_dim,
             kernel_initializer=init,
             dtype=self.dtype_policy,

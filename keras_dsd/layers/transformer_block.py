@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_dsd import backend
 from keras_dsd.layers.adaptive_layer_norm import AdaptiveLayerNorm
+from keras_dsd.layers.dense import Dense
 
 
 @keras.saving.register_keras_serializable(package="keras_dsd")
@@ -29,11 +30,11 @@ class SelfAttention(keras.layers.Layer):
         self.num_heads = num_heads
 
     def build(self, input_shape):
-        self.qkv = keras.layers.Dense(
+        self.qkv = Dense(
             3 * self.hidden_dim, dtype=self.dtype_policy, name="qkv"
         )
         self.qkv.build(input_shape)
-        self.output_projection = keras.layers.Dense(
+        self.output_projection = Dense(
             self.hidden_dim, dtype=self.dtype_policy, name="output_projection"
         )
         self.output_projection.build(input_shape)
@@ -112,13 +113,13 @@ class DSDTransformerBlock(keras.layers.Layer):
             name="mlp_norm",
         )
         self.mlp_norm.build(tokens_shape)
-        self.mlp_hidden = keras.layers.Dense(
+        self.mlp_hidden = Dense(
             int(self.hidden_dim * self.mlp_ratio),
             dtype=self.dtype_policy,
             name="mlp_hidden",
         )
         self.mlp_hidden.build(tokens_shape)
-        self.mlp_output = keras.layers.Dense(
+        self.mlp_output = Dense(
             self.hidden_dim, dtype=self.dtype_policy, name="mlp_output"
         )
         self.mlp_output.build(

@@ -5,6 +5,7 @@ from keras_hub.models import Backbone
 from keras_dsd.layers.adaptive_layer_norm import FinalLayer
 from keras_dsd.layers.class_embedding import ClassEmbedding
 from keras_dsd.layers.class_embedding import RoleEmbedding
+from keras_dsd.layers.dense import Dense
 from keras_dsd.layers.patch_embedding import PatchEmbedding
 from keras_dsd.layers.patch_embedding import unpatchify
 from keras_dsd.layers.position_embedding import SinCosPositionEmbedding2D
@@ -98,7 +99,7 @@ class DSDBackbone(Backbone):
         self.patch_embedding = PatchEmbedding(
             patch_size, hidden_dim, dtype=dtype, name="patch_embedding"
         )
-        self.latent_embedding = keras.layers.Dense(
+        self.latent_embedding = Dense(
             hidden_dim, dtype=dtype, name="latent_embedding"
         )
         self.position_embedding = SinCosPositionEmbedding2D(

@@ -77,6 +77,9 @@ def saved(tmp_path_factory):
     """A trained model whose task-level variables hold known values, saved
     as a preset."""
     model = _trained_model(_GeneratorWithState)
+    # The first step's learning rate is 0 (warm-up), so the sampling
+    # weights still equal the online ones: give them values of their own.
+    test_utils.randomize_weights(model.ema_backbone, seed=7, stddev=0.2)
     known = []
     for i, variable in enumerate(_task_level_variables(model)):
         value = np.full(variable.shape, 3 + i).astype(variable.dtype)

@@ -31,6 +31,8 @@ and writes the assignments into the training state.
 import numpy as np
 from keras import ops
 
+from keras_dsd import backend
+
 
 def check_decay(value, name):
     if not 0.0 <= value < 1.0:
@@ -93,10 +95,5 @@ def update_averages(averages, source, step, applied, warmup=True):
             else ops.convert_to_tensor(decay, "float32")
         )
         decay_k = ops.where(applied, decay_k, 1.0)
-        for average, weight in zip(network.weights, source.weights):
-            old = ops.cast(average.value, "float32")
-            new = ops.stop_gradient(ops.cast(weight.value, "float32"))
-            average.assign(
-                ops.cast(decay_k * old + (1.0 - decay_k) * new, average.dtype)
-            )
+        backend.move_averages(network.weights, source.weights, decay_k)
     step.assign(ops.cast(k + ops.cast(applied, k.dtype), step.dtype))
