@@ -12,8 +12,9 @@
   products several times slower than heads-first ones.
 - `gelu(x)`: the exact (erf) GELU; on JAX as `x * (1 + erf(x / sqrt 2)) / 2`,
   the form TensorFlow computes, instead of `jax.nn.gelu`'s costlier `erfc`.
-- `matmul(x, kernel)`: a dense layer's product `x @ kernel`; on PyTorch's
-  CPU through oneDNN instead of `torch.matmul` (`keras_dsd.layers.Dense`).
+- `matmul(x, kernel, bias=None)`: a dense layer's `x @ kernel (+ bias)`;
+  on PyTorch's CPU through oneDNN instead of `torch.matmul`
+  (`keras_dsd.layers.Dense`).
 - `gradient_barrier(x)`: the identity, whose gradient JAX's CPU backend is
   made to compute once instead of fusing it into every consumer (residual
   streams: `keras_dsd.layers.DSDTransformerBlock`).
@@ -72,10 +73,10 @@ def gelu(x):
     return _module().gelu(x)
 
 
-def matmul(x, kernel):
-    """`x @ kernel` for a `(..., in)` input and an `(in, out)` kernel (see
-    `torch_backend.matmul`)."""
-    return _module().matmul(x, kernel)
+def matmul(x, kernel, bias=None):
+    """`x @ kernel (+ bias)` for a `(..., in)` input, an `(in, out)` kernel
+    and an optional `(out,)` bias (see `torch_backend.matmul`)."""
+    return _module().matmul(x, kernel, bias)
 
 
 def gradient_barrier(x):

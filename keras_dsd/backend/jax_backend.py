@@ -102,8 +102,9 @@ def _state_mapping(model, state):
     ]
 
 
-def matmul(x, kernel):
-    return keras.ops.matmul(x, kernel)
+def matmul(x, kernel, bias=None):
+    product = keras.ops.matmul(x, kernel)
+    return product if bias is None else keras.ops.add(product, bias)
 
 
 def gradient_barrier(x):

@@ -24,8 +24,9 @@ def gelu(x):
     return keras.ops.gelu(x, approximate=False)
 
 
-def matmul(x, kernel):
-    return keras.ops.matmul(x, kernel)
+def matmul(x, kernel, bias=None):
+    product = keras.ops.matmul(x, kernel)
+    return product if bias is None else keras.ops.add(product, bias)
 
 
 def gradient_barrier(x):

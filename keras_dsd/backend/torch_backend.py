@@ -38,51 +38,60 @@ def _onednn_linear():
 
 
 class _OneDNNMatmul(torch.autograd.Function):
-    """`x @ kernel` for 2D float32 CPU tensors, forward and backward
-    through oneDNN's linear kernel."""
+    """`x @ kernel (+ bias)` for 2D float32 CPU tensors, forward and
+    backward through oneDNN's linear kernel (the bias added inside it)."""
 
     @staticmethod
-    def forward(ctx, x, kernel):
+    def forward(ctx, x, kernel, bias):
         ctx.save_for_backward(x, kernel)
-        return _LINEAR(x, kernel.t(), None, "none", [], "")
+        ctx.has_bias = bias is not None
+        return _LINEAR(x, kernel.t(), bias, "none", [], "")
 
     @staticmethod
     def backward(ctx, grad):
         x, kernel = ctx.saved_tensors
-        grad_x = grad_kernel = None
+        grad_x = grad_kernel = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _LINEAR(grad, kernel, None, "none", [], "")
         if ctx.needs_input_grad[1]:
             # x.T @ grad, as `x.T @ (grad.T).T`.
             grad_kernel = _LINEAR(x.t(), grad.t(), None, "none", [], "")
-        return grad_x, grad_kernel
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_kernel, grad_bias
 
 
 _LINEAR = _onednn_linear()
 
 
-def matmul(x, kernel):
-    """`x @ kernel` for a `(..., in)` input and an `(in, out)` kernel.
+def matmul(x, kernel, bias=None):
+    """`x @ kernel (+ bias)` for a `(..., in)` input, an `(in, out)`
+    kernel and an optional `(out,)` bias.
 
-    On the CPU in float32, through oneDNN (forward and both gradients)
-    instead of `torch.matmul`: the MKL build in PyTorch's CPU wheels runs
-    AVX2 kernels on AMD processors, at less than half the oneDNN rate on
-    the same cores (docs/speed.md). Elsewhere (CUDA, half precision,
-    `torch.compile` tracing) it is `torch.matmul`.
+    On the CPU in float32, through oneDNN (forward, with the bias added
+    inside the kernel, and all gradients) instead of `torch.matmul`: the
+    MKL build in PyTorch's CPU wheels runs AVX2 kernels on AMD processors,
+    at less than half the oneDNN rate on the same cores (docs/speed.md).
+    Elsewhere (CUDA, half precision, `torch.compile` tracing) it is
+    `torch.matmul` and an addition.
     """
     x = keras.ops.convert_to_tensor(x)
     kernel = keras.ops.convert_to_tensor(kernel)
+    if bias is not None:
+        bias = keras.ops.convert_to_tensor(bias)
     if (
         _LINEAR is None
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or kernel.dtype != torch.float32
         or kernel.dim() != 2
+        or (bias is not None and bias.dtype != torch.float32)
         or torch.compiler.is_compiling()
     ):
-        return torch.matmul(x, kernel)
+        product = torch.matmul(x, kernel)
+        return product if bias is None else product + bias
     flat = x.reshape(-1, x.shape[-1])
-    product = _OneDNNMatmul.apply(flat, kernel)
+    product = _OneDNNMatmul.apply(flat, kernel, bias)
     return product.reshape(*x.shape[:-1], kernel.shape[-1])
 
 

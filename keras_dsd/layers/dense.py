@@ -27,9 +27,7 @@ class Dense(keras.layers.Dense):
         super().quantize(mode, type_check=False, config=config)
 
     def call(self, inputs, training=None):
-        outputs = backend.matmul(inputs, self.kernel)
-        if self.bias is not None:
-            outputs = keras.ops.add(outputs, self.bias)
+        outputs = backend.matmul(inputs, self.kernel, self.bias)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs

@@ -125,10 +125,11 @@ def test_torch_float32_cpu_product_runs_through_onednn(monkeypatch):
     layer, x = _layer_and_input()
     layer(x)
     assert calls == [1]
-    # Half precision goes to torch.matmul.
+    # Half precision goes to torch.matmul and an addition.
     half = torch_backend.matmul(
         torch.ones((2, 5), dtype=torch.bfloat16),
         torch.ones((5, 4), dtype=torch.bfloat16),
+        torch.full((4,), 0.5, dtype=torch.bfloat16),
     )
     assert calls == [1]
-    np.testing.assert_array_equal(half.float().numpy(), np.full((2, 4), 5.0))
+    np.testing.assert_array_equal(half.float().numpy(), np.full((2, 4), 5.5))
