@@ -6,13 +6,13 @@ from keras_dsd.layers.dense import Dense
 from keras_dsd.testing import test_utils
 
 
-def _layer_and_input(activation=None, seed=0):
+def _layer_and_input(activation=None, units=4, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, 3, 5)).astype("float32")
-    layer = Dense(4, activation=activation)
+    layer = Dense(units, activation=activation)
     layer.build(x.shape)
-    layer.kernel.assign(rng.normal(size=(5, 4)).astype("float32"))
-    layer.bias.assign(rng.normal(size=(4,)).astype("float32"))
+    layer.kernel.assign(rng.normal(size=(5, units)).astype("float32"))
+    layer.bias.assign(rng.normal(size=(units,)).astype("float32"))
     return layer, x
 
 
@@ -25,10 +25,14 @@ def test_output_is_x_times_kernel_plus_bias_through_the_activation():
     )
 
 
-def test_gradients_are_the_closed_forms():
-    layer, x = _layer_and_input()
+# Fewer and more outputs than inputs (5): PyTorch's CPU path forms the
+# kernel gradient in two different ways.
+@pytest.mark.parametrize("units", [4, 8])
+def test_gradients_are_the_closed_forms(units):
+    layer, x = _layer_and_input(units=units)
     kernel, _ = layer.get_weights()
-    weights = np.arange(24, dtype="float32").reshape(2, 3, 4) / 10.0
+    weights = np.arange(6 * units, dtype="float32").reshape(2, 3, units)
+    weights /= 10.0
 
     def loss():
         return keras.ops.sum(keras.ops.multiply(layer(x), weights))
@@ -39,7 +43,7 @@ def test_gradients_are_the_closed_forms():
     # d/dK sum(W * (x K + b)) = x^T W over the flattened tokens; d/db =
     # the column sums of W.
     flat_x = x.reshape(-1, 5).astype("float64")
-    flat_w = weights.reshape(-1, 4).astype("float64")
+    flat_w = weights.reshape(-1, units).astype("float64")
     np.testing.assert_allclose(grad_kernel, flat_x.T @ flat_w, rtol=1e-5)
     np.testing.assert_allclose(grad_bias, flat_w.sum(0), rtol=1e-6)
 
