@@ -54,8 +54,8 @@ def gelu(x):
     whose two-branch `erfc` (a polynomial each side of 1, an `exp`, a
     division) XLA's CPU backend runs in two elementwise passes over the
     MLP's hidden activations, forward and again in the backward pass
-    (about 7 ms of a 65 ms dsd_tiny batch-32 step in the JAX profile,
-    3.6 ms in this form; docs/speed.md). `erf` is one rational
+    (8.8 ms per dsd_tiny batch-32 step under `benchmarks/profile_step.py`,
+    4.1 ms in this form; docs/speed.md). `erf` is one rational
     polynomial; TensorFlow's GELU uses this form. The two differ
     only where `x < -5`, by less than 1e-6 in absolute value (GELU is
     about 0 there).

@@ -82,7 +82,7 @@ def matmul(x, kernel, bias=None):
     MKL build in PyTorch's CPU wheels runs AVX2 kernels on AMD processors,
     at less than half the oneDNN rate on the same cores (docs/speed.md).
     Elsewhere (CUDA, half precision, `torch.compile` tracing) it is
-    `torch.matmul` and an addition.
+    `keras.ops.matmul` and `keras.ops.add`, as in `keras.layers.Dense`.
     """
     x = keras.ops.convert_to_tensor(x)
     kernel = keras.ops.convert_to_tensor(kernel)
@@ -97,8 +97,8 @@ def matmul(x, kernel, bias=None):
         or (bias is not None and bias.dtype != torch.float32)
         or torch.compiler.is_compiling()
     ):
-        product = torch.matmul(x, kernel)
-        return product if bias is None else product + bias
+        product = keras.ops.matmul(x, kernel)
+        return product if bias is None else keras.ops.add(product, bias)
     flat = x.reshape(-1, x.shape[-1])
     product = _OneDNNMatmul.apply(flat, kernel, bias)
     return product.reshape(*x.shape[:-1], kernel.shape[-1])

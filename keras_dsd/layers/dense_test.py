@@ -129,7 +129,7 @@ def test_torch_float32_cpu_product_runs_through_onednn(monkeypatch):
     layer, x = _layer_and_input()
     layer(x)
     assert calls == [1]
-    # Half precision goes to torch.matmul and an addition.
+    # Half precision goes to keras.ops.matmul and keras.ops.add.
     half = torch_backend.matmul(
         torch.ones((2, 5), dtype=torch.bfloat16),
         torch.ones((5, 4), dtype=torch.bfloat16),
