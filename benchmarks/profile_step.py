@@ -18,7 +18,6 @@ within one run, and variants of the code with the same command.
         --batch-size 4
 """
 
-import argparse
 import collections
 import glob
 import gzip
@@ -27,9 +26,8 @@ import re
 import tempfile
 
 import keras
-import numpy as np
-
-import keras_dsd
+from train_throughput import model_and_batch  # benchmarks/
+from train_throughput import preset_parser
 
 
 def jax_op_times(run, steps):
@@ -78,25 +76,12 @@ def torch_op_table(run, rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--preset", default="dsd_tiny", choices=sorted(keras_dsd.models.presets)
-    )
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser = preset_parser(__doc__, batch_size=32)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
 
-    backbone = keras_dsd.models.DSDBackbone.from_preset(args.preset)
-    model = keras_dsd.models.DSDImageGenerator(backbone=backbone, seed=0)
-    model.compile()
-    size = backbone.image_size
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch_size, size, size, 3), "uint8")
-    labels = rng.integers(0, backbone.num_classes, (args.batch_size,))
+    model, images, labels = model_and_batch(args.preset, args.batch_size)
     for _ in range(2):  # compile / warm up
         model.train_on_batch(images, labels)
 

@@ -144,15 +144,35 @@ def accelerator_peak_memory_mib():
     return None
 
 
-def main():
+def model_and_batch(preset, batch_size, jit_compile="auto"):
+    """A compiled `DSDImageGenerator` of `preset` and one random batch of
+    uint8 images and labels for it."""
+    backbone = keras_dsd.models.DSDBackbone.from_preset(preset)
+    model = keras_dsd.models.DSDImageGenerator(backbone=backbone, seed=0)
+    model.compile(jit_compile=jit_compile)
+    size = backbone.image_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, size, size, 3), "uint8")
+    labels = rng.integers(0, backbone.num_classes, (batch_size,))
+    return model, images, labels
+
+
+def preset_parser(doc, batch_size):
+    """An argument parser described by `doc`'s first paragraph, with
+    `--preset` and `--batch-size`."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=doc.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--preset", default="dsd_tiny", choices=sorted(keras_dsd.models.presets)
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    return parser
+
+
+def main():
+    parser = preset_parser(__doc__, batch_size=64)
     parser.add_argument(
         "--steps", type=int, default=20, help="Timed training steps."
     )
@@ -180,14 +200,11 @@ def main():
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
-    backbone = keras_dsd.models.DSDBackbone.from_preset(args.preset)
-    model = keras_dsd.models.DSDImageGenerator(backbone=backbone, seed=0)
     jit_compile = {"auto": "auto", "true": True, "false": False}
-    model.compile(jit_compile=jit_compile[args.jit_compile])
-    size = backbone.image_size
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch_size, size, size, 3), "uint8")
-    labels = rng.integers(0, backbone.num_classes, (args.batch_size,))
+    model, images, labels = model_and_batch(
+        args.preset, args.batch_size, jit_compile[args.jit_compile]
+    )
+    backbone = model.backbone
 
     start = time.perf_counter()
     for _ in range(args.warmup):
