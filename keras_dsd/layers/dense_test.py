@@ -137,3 +137,7 @@ def test_torch_float32_cpu_product_runs_through_onednn(monkeypatch):
     )
     assert calls == [1]
     np.testing.assert_array_equal(half.float().numpy(), np.full((2, 4), 5.5))
+    # An empty batch too (oneDNN refuses one).
+    empty = layer(np.zeros((0, 5), "float32"))
+    assert tuple(empty.shape) == (0, 4)
+    assert calls == [1]
