@@ -14,7 +14,8 @@ rate the same products reach inside a training step
 """
 
 import os
-import time
+
+from machine import best_seconds  # benchmarks/machine.py
 
 SHAPES = [  # (tokens, in, out)
     (1024, 512, 1536),
@@ -22,16 +23,6 @@ SHAPES = [  # (tokens, in, out)
     (1024, 512, 2048),
     (1024, 2048, 512),
 ]
-
-
-def best_seconds(fn, repeats=20):
-    fn()  # compile / warm up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def products(backend, m, k, n):
@@ -105,7 +96,7 @@ def main():
     for m, k, n in SHAPES:
         cells = []
         for name, (fn, flops) in products(backend, m, k, n).items():
-            seconds = best_seconds(fn)
+            seconds = best_seconds(fn, repeats=20)
             if flops:
                 cells.append(f"{name} {flops / seconds / 1e9:.0f} GFLOP/s")
             else:

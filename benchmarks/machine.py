@@ -60,6 +60,18 @@ def published_peak(device_name, dtype):
     return None
 
 
+def best_seconds(fn, repeats=10):
+    """The shortest of `repeats` timed calls of `fn`, after one untimed
+    call (compilation, warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_rate(backend, dtype="float32", size=2048, repeats=10):
     """The best FLOP/s of a square `size` matmul on `backend`'s default
     device, through the backend's own compiled (JAX, TF) or eager (torch)
@@ -72,26 +84,20 @@ def matmul_rate(backend, dtype="float32", size=2048, repeats=10):
 
         a = jnp.ones((size, size), dtype)
         product = jax.jit(jnp.matmul)
-
-        def run():
-            product(a, a).block_until_ready()
-
+        runs = [lambda: product(a, a).block_until_ready()]
     elif backend == "tensorflow":
         import tensorflow as tf
 
         a = tf.ones((size, size), dtype)
         product = tf.function(tf.matmul, jit_compile=True)
-
-        def run():
-            product(a, a).numpy()
-
+        runs = [lambda: product(a, a).numpy()]
     elif backend == "torch":
         import torch
 
+        from keras_dsd.backend import torch_backend
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
         a = torch.ones((size, size), dtype=getattr(torch, dtype), device=device)
-
-        from keras_dsd.backend import torch_backend
 
         def synchronize():
             if device == "cuda":
@@ -104,16 +110,7 @@ def matmul_rate(backend, dtype="float32", size=2048, repeats=10):
             lambda product=product: (product(a, a), synchronize())
             for product in (torch.matmul, torch_backend.matmul)
         ]
-
     else:
         raise ValueError(f"matmul_rate: unknown backend={backend!r}.")
-    if backend != "torch":
-        runs = [run]
-    best = float("inf")
-    for run in runs:
-        run()  # compile / warm up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
+    best = min(best_seconds(run, repeats) for run in runs)
     return 2 * size**3 / best
