@@ -90,10 +90,9 @@ def move_averages(averages, weights, decay):
     `averages` and `w` of `weights` (`decay`: a float32 scalar tensor).
 
     On PyTorch, with float32 variables, in place in one multi-tensor
-    kernel (`torch_backend.move_averages`): one `assign` per variable costs
-    several eager kernels each, 0.4 s of a 3.3 s dsd_s step for the two
-    averages on 2 CPU cores. Elsewhere one `assign` per variable (XLA fuses
-    them into the compiled step).
+    kernel (`torch_backend.move_averages`) instead of several eager
+    kernels per variable (docs/speed.md). Elsewhere one `assign` per
+    variable (XLA fuses them into the compiled step).
     """
     if keras.backend.backend() == "torch" and all(
         v.dtype == "float32" for v in [*averages, *weights]
