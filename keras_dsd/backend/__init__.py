@@ -60,6 +60,13 @@ def _module():
     return module
 
 
+if keras.backend.backend() == "jax":
+    # Before any JAX computation starts its threads (see there).
+    from keras_dsd.backend import jax_backend
+
+    jax_backend.keep_freed_host_memory()
+
+
 def compile_inference_function(fn, variables):
     return _module().compile_inference_function(fn, variables)
 

@@ -1,8 +1,99 @@
+import ctypes
+import importlib.metadata
+import importlib.util
 import math
+import os
+import pkgutil
+import platform
 
 import jax
 import jax.numpy as jnp
 import keras
+
+# glibc's `mallopt` parameters (<malloc.h>).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+
+
+def keep_freed_host_memory():
+    """Has glibc's malloc keep freed memory for reuse, when JAX will run
+    on the CPU. Called once when `keras_dsd` is imported.
+
+    XLA's CPU client allocates each run's temporary buffers as one block
+    (1.88 GB for a dsd_s batch-4 training step, 170 MB for dsd_tiny at
+    batch 64) and frees it after the run. glibc serves a block that large
+    with `mmap` and returns it with `munmap`, so every step touches fresh
+    pages: the kernel faults and zeroes 4 KiB at a time, about 460,000
+    page faults and 0.7 s of system time per dsd_s step on the project's
+    2-core machine (docs/speed.md). TensorFlow's XLA keeps its buffers in
+    its own allocator and faults none. Here malloc is set to take all
+    memory from its main heap (`M_MMAP_MAX=0`, `M_ARENA_MAX=1`: XLA's
+    worker threads would otherwise allocate from heaps of their own,
+    which glibc caps at 64 MiB and so `mmap` again) and never give it
+    back (`M_TRIM_THRESHOLD=-1`); the next step reuses the same block.
+    The process then holds its peak host memory until it exits.
+
+    Only where it helps and only before JAX starts: not if `jax` has
+    already initialized its backends (threads that already allocated keep
+    their heaps), not if a GPU or TPU plugin of JAX is installed or
+    `JAX_PLATFORMS` names another platform first, not outside glibc
+    (Linux). `KERAS_DSD_KEEP_HOST_MEMORY=0` leaves malloc alone.
+
+    Returns whether malloc was set.
+    """
+    if os.environ.get("KERAS_DSD_KEEP_HOST_MEMORY", "1") == "0":
+        return False
+    if platform.libc_ver()[0] != "glibc" or not _jax_will_run_on_cpu():
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(
+        libc.mallopt(parameter, value) == 1
+        for parameter, value in (
+            (_M_ARENA_MAX, 1),
+            (_M_MMAP_MAX, 0),
+            (_M_TRIM_THRESHOLD, -1),
+        )
+    )
+
+
+def _jax_will_run_on_cpu():
+    """Whether JAX's default platform will be the CPU, decided without
+    initializing JAX (which `jax.distributed.initialize` must precede).
+    False where it cannot be decided: backends already initialized."""
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return False
+    return _default_platform_is_cpu(
+        jax.config.jax_platforms, _accelerator_plugins()
+    )
+
+
+def _default_platform_is_cpu(platforms, plugins):
+    """`platforms`: JAX's `jax_platforms` setting ("cuda,cpu", or empty
+    for JAX's own choice); `plugins`: the accelerator plugins installed."""
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not plugins
+
+
+def _accelerator_plugins():
+    """The JAX accelerator plugins installed (CUDA, ROCm, TPU, ...): the
+    packages JAX itself looks for when it starts."""
+    plugins = [
+        e.name for e in importlib.metadata.entry_points(group="jax_plugins")
+    ]
+    if importlib.util.find_spec("jax_plugins") is not None:
+        import jax_plugins
+
+        plugins += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+    if importlib.util.find_spec("libtpu") is not None:
+        plugins.append("libtpu")
+    return plugins
 
 
 def compile_inference_function(fn, variables):

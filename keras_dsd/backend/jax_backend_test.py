@@ -119,3 +119,83 @@ def test_gelu_gradient_is_phi_plus_x_times_density():
     ]
     grad = jax.jit(jax.vmap(jax.grad(jax_backend.gelu)))(x)
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-6)
+
+
+# Runs in a fresh process: `keras_dsd` must be imported before JAX starts.
+_PAGE_FAULTS_PER_RUN = """
+import resource
+
+import keras_dsd  # noqa: F401
+import jax
+import jax.numpy as jnp
+
+x = jnp.ones((8192, 1024))
+# sin(x) and its cumulative sum do not fuse: 64 MiB of temporaries.
+run = jax.jit(lambda x: jnp.cumsum(jnp.sin(x), axis=0).sum())
+temp = run.lower(x).compile().memory_analysis().temp_size_in_bytes
+# Warm up: the heap grows to its peak (up to two runs' temporaries: the
+# next run may start before the last one's are freed).
+for _ in range(10):
+    run(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    run(x).block_until_ready()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+print(temp, (after - before) / 4)
+"""
+
+
+def _page_faults_per_run(keep_host_memory):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        KERAS_DSD_KEEP_HOST_MEMORY=keep_host_memory,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _PAGE_FAULTS_PER_RUN],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    temp, faults = result.stdout.split()
+    return int(temp), float(faults)
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc", reason="glibc malloc"
+)
+def test_freed_host_memory_is_reused_across_runs():
+    import resource
+
+    page = resource.getpagesize()
+    temp, kept = _page_faults_per_run("1")
+    _, released = _page_faults_per_run("0")
+    print(f"temp {temp} bytes; page faults per run {kept} / {released}")
+    assert temp == 64 * 2**20
+    # Without the setting every run faults in its temporaries afresh, one
+    # fault per page; with it the pages of the first runs are reused.
+    assert released >= temp / page
+    assert kept < 0.01 * temp / page
+
+
+def test_default_platform_is_decided_without_starting_jax():
+    from keras_dsd.backend import jax_backend
+
+    decide = jax_backend._default_platform_is_cpu
+    assert decide("cpu", plugins=["cuda12"])
+    assert decide("cpu,cuda", plugins=[])
+    assert not decide("cuda,cpu", plugins=[])
+    assert not decide("tpu", plugins=[])
+    assert decide("", plugins=[])
+    assert decide(None, plugins=[])
+    assert not decide("", plugins=["libtpu"])
+    import jax
+
+    jax.devices()  # JAX has started: too late to change malloc.
+    assert not jax_backend.keep_freed_host_memory()
