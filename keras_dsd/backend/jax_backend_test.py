@@ -199,3 +199,36 @@ def test_default_platform_is_decided_without_starting_jax():
 
     jax.devices()  # JAX has started: too late to change malloc.
     assert not jax_backend.keep_freed_host_memory()
+
+
+def _entry_computation(fn, *args):
+    import jax
+
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return text[text.index("ENTRY") :]
+
+
+def test_kernel_gradient_reads_the_output_gradient_as_it_is():
+    import jax
+    import jax.numpy as jnp
+
+    from keras_dsd.backend import jax_backend
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the 2-D product is a CPU-only rewrite")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 64, 32)).astype("float32")
+    kernel = rng.normal(size=(32, 48)).astype("float32")
+
+    def kernel_gradient_dot(product):
+        hlo = _entry_computation(
+            jax.grad(lambda k: jnp.sum(jnp.sin(product(x, k)))), kernel
+        )
+        # The (32, 48) kernel gradient: x^T (256, 32) times the output
+        # gradient, (256, 48) as computed or (48, 256) transposed.
+        (dot,) = re.findall(r"f32\[32,48\]\S* dot\(.*", hlo)
+        return dot
+
+    assert "rhs_contracting_dims={0}" in kernel_gradient_dot(jax_backend.matmul)
+    # What the batched product compiles to: a transposed copy first.
+    assert "rhs_contracting_dims={1}" in kernel_gradient_dot(keras.ops.matmul)
