@@ -13,8 +13,8 @@
 - `gelu(x)`: the exact (erf) GELU; on JAX as `x * (1 + erf(x / sqrt 2)) / 2`,
   the form TensorFlow computes, instead of `jax.nn.gelu`'s costlier `erfc`.
 - `matmul(x, kernel, bias=None)`: a dense layer's `x @ kernel (+ bias)`;
-  on PyTorch's CPU through oneDNN instead of `torch.matmul`
-  (`keras_dsd.layers.Dense`).
+  on PyTorch's CPU through oneDNN instead of `torch.matmul`, on JAX's CPU
+  as one 2-D product over the leading axes (`keras_dsd.layers.Dense`).
 - `gradient_barrier(x)`: the identity, whose gradient JAX's CPU backend is
   made to compute once instead of fusing it into every consumer (residual
   streams: `keras_dsd.layers.DSDTransformerBlock`).
@@ -34,6 +34,10 @@
   `keras_dsd.utils.distribution`.
 - `value_and_grad(...)` and `eager_loops()`: the backend halves of the
   test helpers in `keras_dsd.testing`.
+- `jax_backend.keep_freed_host_memory()`: run once when `keras_dsd` is
+  imported under JAX; on JAX's CPU it sets glibc's malloc to reuse the
+  temporary buffers XLA frees after every step instead of returning them
+  to the system (`KERAS_DSD_KEEP_HOST_MEMORY=0` turns it off).
 - `keras_dsd.backend.data.first_batch(x, y)`: peeks at the first batch of
   `fit`'s input (numpy, `tf.data`, `PyDataset`, torch `DataLoader`).
 - `keras_dsd.backend.torch_backend` also holds the PyTorch multi-process

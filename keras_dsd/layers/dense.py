@@ -10,10 +10,12 @@ class Dense(keras.layers.Dense):
 
     The same weights, names, arguments and quantization/LoRA behaviour as
     `keras.layers.Dense` (a quantized layer runs Keras' own quantized
-    call); only the float product differs, and only on PyTorch's CPU,
-    where it runs through oneDNN at about 1.8 times the speed of
-    `torch.matmul` (see `keras_dsd.backend.torch_backend.matmul`). Every
-    dense projection of the DSD network is one of these.
+    call); only how the float product runs differs, and only on CPUs:
+    on PyTorch through oneDNN at about 1.8 times the speed of
+    `torch.matmul` (`keras_dsd.backend.torch_backend.matmul`), on JAX as
+    one 2-D product whose kernel gradient XLA computes without a
+    transposed copy (`keras_dsd.backend.jax_backend.matmul`). Every dense
+    projection of the DSD network is one of these.
 
     Example:
     >>> layer = keras_dsd.layers.Dense(8)
