@@ -14,6 +14,10 @@ GPU, the device's published dense peak for the compute dtype (a table in
     for b in jax tensorflow torch; do
       KERAS_BACKEND=$b python benchmarks/train_throughput.py --preset dsd_tiny
     done
+
+`--per-step N` then runs N more steps, waiting for each, and prints each
+step's time, minor page faults and system CPU time (the process's own, from
+`getrusage`): where a step's time goes outside the computation.
 """
 
 import argparse
@@ -190,6 +194,12 @@ def main():
     )
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument(
+        "--per-step",
+        type=int,
+        default=0,
+        help="Then time this many steps one by one, with page faults.",
+    )
+    parser.add_argument(
         "--jit-compile",
         default="auto",
         choices=["auto", "true", "false"],
@@ -233,6 +243,18 @@ def main():
         f"{1000 * step_seconds:.1f} ms/step "
         f"(warm-up {args.warmup} steps incl. compile: {compile_seconds:.1f} s)"
     )
+    for step in range(args.per_step):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        logs = model.train_on_batch(images, labels, return_dict=True)
+        float(logs["loss"])
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(
+            f"step {step}: {1000 * seconds:.0f} ms, "
+            f"{after.ru_minflt - before.ru_minflt} minor page faults, "
+            f"{after.ru_stime - before.ru_stime:.2f} s system CPU"
+        )
     uses_teacher = model.teacher_backbone is not None
     report_flops(
         "train FLOPs",

@@ -32,7 +32,10 @@ def keep_freed_host_memory():
     worker threads would otherwise allocate from heaps of their own,
     which glibc caps at 64 MiB and so `mmap` again) and never give it
     back (`M_TRIM_THRESHOLD=-1`); the next step reuses the same block.
-    The process then holds its peak host memory until it exits.
+    The process then holds its peak host memory until it exits. Best
+    effort: a thread that allocated before this call keeps an arena of its
+    own, and an XLA thread that glibc later hands that arena still maps
+    its block afresh (some runs fault on a loaded machine).
 
     Only where it helps and only before JAX starts: not if `jax` has
     already initialized its backends (threads that already allocated keep
