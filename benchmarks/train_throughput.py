@@ -17,7 +17,9 @@ GPU, the device's published dense peak for the compute dtype (a table in
 
 `--per-step N` then runs N more steps, waiting for each, and prints each
 step's time, minor page faults and system CPU time (the process's own, from
-`getrusage`): where a step's time goes outside the computation.
+`getrusage`: where a step's time goes outside the computation) and its
+loss (the same batch every step, so the values of two code versions can be
+compared).
 """
 
 import argparse
@@ -253,7 +255,8 @@ def main():
         print(
             f"step {step}: {1000 * seconds:.0f} ms, "
             f"{after.ru_minflt - before.ru_minflt} minor page faults, "
-            f"{after.ru_stime - before.ru_stime:.2f} s system CPU"
+            f"{after.ru_stime - before.ru_stime:.2f} s system CPU, "
+            f"loss {float(logs['loss']):.9g}"
         )
     uses_teacher = model.teacher_backbone is not None
     report_flops(
