@@ -201,11 +201,11 @@ def matmul(x, kernel, bias=None):
     leading axes of `x`.
 
     Differentiating the `(B, N, in) @ (in, out)` product directly, XLA's
-    CPU backend computes each kernel gradient (a contraction over B and N)
-    with the output gradient in a transposed layout, and hands the dot to
-    Eigen instead of YNNPACK; the 2-D form's gradients are plain products
-    of row-major matrices. Same arithmetic (the products sum over the
-    same axis); a dsd_s batch-4 training step takes about 20 % less time
+    CPU backend first writes each output gradient into a transposed copy
+    for the kernel gradient (a contraction over B and N), whose dot then
+    packs it the slow way; the 2-D form's kernel gradient reads the output
+    gradient as computed. Same arithmetic (the products sum over the same
+    axis); a dsd_s batch-4 training step takes about 20 % less time
     (docs/speed.md).
     """
     if jax.default_backend() == "cpu" and len(x.shape) > 2:

@@ -1,3 +1,4 @@
+import platform
 import re
 
 import keras
@@ -167,9 +168,7 @@ def _page_faults_per_run(keep_host_memory):
     return int(temp), float(faults)
 
 
-@pytest.mark.skipif(
-    __import__("platform").libc_ver()[0] != "glibc", reason="glibc malloc"
-)
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc")
 def test_freed_host_memory_is_reused_across_runs():
     import resource
 
@@ -188,6 +187,8 @@ def test_freed_host_memory_is_reused_across_runs():
 
 
 def test_default_platform_is_decided_without_starting_jax():
+    import jax
+
     from keras_dsd.backend import jax_backend
 
     decide = jax_backend._default_platform_is_cpu
@@ -198,8 +199,6 @@ def test_default_platform_is_decided_without_starting_jax():
     assert decide("", plugins=[])
     assert decide(None, plugins=[])
     assert not decide("", plugins=["libtpu"])
-    import jax
-
     jax.devices()  # JAX has started: too late to change malloc.
     assert not jax_backend.keep_freed_host_memory()
 
