@@ -249,14 +249,14 @@ def main():
         before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         logs = model.train_on_batch(images, labels, return_dict=True)
-        float(logs["loss"])
+        loss = float(logs["loss"])  # waits for the step
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
         print(
             f"step {step}: {1000 * seconds:.0f} ms, "
             f"{after.ru_minflt - before.ru_minflt} minor page faults, "
             f"{after.ru_stime - before.ru_stime:.2f} s system CPU, "
-            f"loss {float(logs['loss']):.9g}"
+            f"loss {loss:.9g}"
         )
     uses_teacher = model.teacher_backbone is not None
     report_flops(
