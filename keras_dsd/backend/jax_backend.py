@@ -118,26 +118,37 @@ def compile_inference_function(fn, variables):
 def dot_product_attention(query, key, value):
     """Softmax attention on `(B, N, heads, head_dim)` tensors.
 
-    On CPU, the products run heads-first (`(B, heads, N, head_dim)`): XLA's
-    CPU backend runs the batched products of `jax.nn.dot_product_attention`
-    (batch dimensions B and heads apart, in the middle of the operands)
-    about 2x slower (DSD-S's shapes, forward and backward, one shared
-    2-core run; a DSD-S-shaped training step gains about 6 %, same loss
-    to the last bit: docs/speed.md). Same arithmetic as
-    `jax.nn.dot_product_attention`: logits scaled by `1 / sqrt(head_dim)`,
-    softmax in float32.
+    On CPU, the same sums as `jax.nn.dot_product_attention` in an order
+    XLA's CPU backend runs faster:
+
+    - The products run heads-first (`(B, heads, N, head_dim)`): batched
+      products with the batch dimensions B and heads apart, in the middle
+      of the operands, run about 2x slower (DSD-S's shapes, forward and
+      backward; docs/speed.md).
+    - `1 / sqrt(head_dim)` scales the query, not the `(B, heads, N, N)`
+      logits, and the softmax's division comes after the product with
+      `value`: `(exp(l - max) @ v) / sum(exp(l - max))`. Scaling and
+      dividing the logits made XLA write the constant and the
+      denominator to memory broadcast to the logits' full shape, forward
+      and backward (dsd_s attention forward and backward: 81 -> 68 ms of
+      op time; docs/speed.md).
+
+    Exponentials, sums and the division in float32, as
+    `jax.nn.dot_product_attention`'s softmax.
     """
     if jax.default_backend() != "cpu":
         return keras.ops.dot_product_attention(query, key, value)
     query, key, value = (
         jnp.transpose(x, (0, 2, 1, 3)) for x in (query, key, value)
     )
-    logits = jnp.einsum("bhqd,bhkd->bhqk", query, key)
-    logits = logits * jnp.asarray(
-        1.0 / math.sqrt(query.shape[-1]), logits.dtype
-    )
-    weights = jax.nn.softmax(logits.astype("float32"), axis=-1)
+    query = query * jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", query, key).astype("float32")
+    # The max only keeps exp() in range; it cancels in the ratio.
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.exp(logits - peak)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
     attended = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(value.dtype), value)
+    attended = (attended.astype("float32") / total).astype(value.dtype)
     return jnp.transpose(attended, (0, 2, 1, 3))
 
 

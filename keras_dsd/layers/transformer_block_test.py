@@ -130,3 +130,34 @@ def test_backend_attention_matches_numpy(dtype):
         atol=tolerance,
         rtol=tolerance,
     )
+
+
+def test_backend_attention_gradients_match_closed_form():
+    # d/d(q, k, v) of sum(attention(q, k, v) * g) against the softmax
+    # attention's closed-form gradients in float64 numpy, per head:
+    # P = softmax(q k^T / s), dV = P^T g, dP = g v^T,
+    # dS = P * (dP - rowsum(dP * P)), dQ = dS k / s, dK = dS^T q / s.
+    import keras
+
+    from keras_dsd import backend
+
+    rng = np.random.default_rng(5)
+    qkv = rng.normal(size=(3, 2, 6, 2, 4))  # (q/k/v, B, N, heads, head_dim)
+    g = rng.normal(size=(2, 6, 2, 4))
+
+    def loss(x):
+        out = backend.dot_product_attention(x[0], x[1], x[2])
+        return keras.ops.sum(out * keras.ops.convert_to_tensor(g, "float32"))
+
+    _, grad = test_utils.value_and_grad(loss, qkv)
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in qkv)  # heads-first
+    gh = g.transpose(0, 2, 1, 3)
+    s = np.sqrt(4.0)
+    p = _softmax(q @ k.transpose(0, 1, 3, 2) / s)
+    d_v = p.transpose(0, 1, 3, 2) @ gh
+    d_p = gh @ v.transpose(0, 1, 3, 2)
+    d_s = p * (d_p - (d_p * p).sum(-1, keepdims=True))
+    d_q = d_s @ k / s
+    d_k = d_s.transpose(0, 1, 3, 2) @ q / s
+    expected = np.stack([d_q, d_k, d_v]).transpose(0, 1, 3, 2, 4)
+    np.testing.assert_allclose(grad, expected, atol=2e-5, rtol=1e-4)
