@@ -130,8 +130,9 @@ def dot_product_attention(query, key, value):
       `value`: `(exp(l - max) @ v) / sum(exp(l - max))`. Scaling and
       dividing the logits made XLA write the constant and the
       denominator to memory broadcast to the logits' full shape, forward
-      and backward (dsd_s attention forward and backward: 81 -> 68 ms of
-      op time; docs/speed.md).
+      and backward (one dsd_s-shaped attention call, forward and
+      backward: median 82-94 -> 62-66 ms, `benchmarks/attention_step.py`;
+      docs/speed.md).
 
     Exponentials, sums and the division in float32, as
     `jax.nn.dot_product_attention`'s softmax.
