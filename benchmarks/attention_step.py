@@ -18,7 +18,10 @@ import statistics
 import time
 
 import keras
+import machine  # benchmarks/machine.py
 import numpy as np
+from train_throughput import machine_description  # benchmarks/
+from train_throughput import versions
 
 from keras_dsd import backend
 
@@ -70,6 +73,10 @@ def main():
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
 
+    load_before = machine.load_average()
+    print(f"machine: {machine_description()}")
+    print(f"load average before the run: {load_before}")
+    print(f"versions: {versions()}")
     shape = (args.batch_size, args.tokens, args.heads, args.head_dim)
     rng = np.random.default_rng(0)
     q, k, v, g = (
