@@ -1,6 +1,9 @@
 """Learning-rate schedules and the default learning rate."""
 
 import keras
+from keras import ops
+
+from keras_dsd.utils import validation
 
 # The learning rate `compile()` gives `dsd_tiny` (width 128), measured best
 # in the digits recipe study (docs/recipe_study.md); other widths get it
@@ -21,14 +24,50 @@ def default_learning_rate(hidden_dim):
 
 def warmup_schedule(learning_rate, warmup_steps):
     """A linear warm-up from 0 to `learning_rate` over `warmup_steps`
-    optimizer updates, then constant; the plain `learning_rate` when
-    `warmup_steps` is 0."""
+    optimizer updates, then constant (`LinearWarmup`); the plain
+    `learning_rate` when `warmup_steps` is 0."""
     if not warmup_steps:
         return learning_rate
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=1,
-        alpha=1.0,  # constant after the warm-up
-        warmup_target=learning_rate,
-        warmup_steps=warmup_steps,
-    )
+    return LinearWarmup(learning_rate, warmup_steps)
+
+
+@keras.saving.register_keras_serializable(package="keras_dsd")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """`learning_rate * min(step / warmup_steps, 1)`: a linear warm-up from
+    0 over `warmup_steps` optimizer updates, then constant.
+
+    The values of Keras' `CosineDecay(0.0, decay_steps=1, alpha=1.0,
+    warmup_target=learning_rate, warmup_steps=warmup_steps)`, which this
+    library used before, computed without its `ops.cond`: on PyTorch that
+    branch reads the step counter back to the host, a device sync in every
+    optimizer step on a GPU (Keras evaluates the schedule twice per step),
+    and a graph break under `torch.compile`.
+
+    Args:
+        learning_rate: float. The rate after the warm-up.
+        warmup_steps: int >= 1. Optimizer updates of warm-up.
+    """
+
+    def __init__(self, learning_rate, warmup_steps):
+        if isinstance(learning_rate, bool) or not (
+            isinstance(learning_rate, (int, float)) and learning_rate >= 0
+        ):
+            raise ValueError(
+                "`learning_rate` must be a float >= 0, got "
+                f"learning_rate={learning_rate!r}."
+            )
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = validation.check_positive_int(
+            warmup_steps, "warmup_steps"
+        )
+
+    def __call__(self, step):
+        fraction = ops.cast(step, "float32") / float(self.warmup_steps)
+        learning_rate = ops.convert_to_tensor(self.learning_rate, "float32")
+        return learning_rate * ops.minimum(fraction, 1.0)
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+        }
