@@ -83,8 +83,11 @@ step "jax $PRESET batch $B1 + sampling ($NFE NFE)" "$T_JAX1" \
 step "jax $PRESET batch $B2" "$T_JAX2" $(bench jax "$B2" --sample-steps 0)
 step "torch eager $PRESET + sampling" "$T_TORCH" \
   $(bench torch "$B1" --sampler euler --sample-steps "$NFE")
+# Dynamo recompiles Keras' frames after the first call (in the CPU dry run
+# one timed step after one warm-up took 18 s; after three warm-ups steps
+# took 331 ms, docs/speed.md), so three warm-ups (a later --warmup wins).
 step "torch.compile $PRESET" "$T_COMPILE" \
-  $(bench torch "$B1" --jit-compile true --sample-steps 0)
+  $(bench torch "$B1" --jit-compile true --sample-steps 0 --warmup 3)
 if $PY -c "import tensorflow" 2>/dev/null; then
   step "tensorflow $PRESET" 300 \
     $(bench tensorflow "$B1" --sampler euler --sample-steps "$NFE")

@@ -59,11 +59,10 @@ def test_linear_warmup_reads_the_optimizer_step_and_serializes():
         float(keras.ops.convert_to_numpy(optimizer.learning_rate)), 2.5e-4
     )
     restored = keras.optimizers.AdamW.from_config(optimizer.get_config())
-    assert isinstance(restored._learning_rate, schedules.LinearWarmup)
-    assert restored._learning_rate.get_config() == {
-        "learning_rate": 1e-3,
-        "warmup_steps": 8,
-    }
+    restored.iterations.assign(6)
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(restored.learning_rate)), 7.5e-4
+    )
     again = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(schedule)
     )
