@@ -20,8 +20,7 @@ import time
 import keras
 import machine  # benchmarks/machine.py
 import numpy as np
-from train_throughput import machine_description  # benchmarks/
-from train_throughput import versions
+from train_throughput import print_conditions  # benchmarks/
 
 from keras_dsd import backend
 
@@ -74,9 +73,7 @@ def main():
     args = parser.parse_args()
 
     load_before = machine.load_average()
-    print(f"machine: {machine_description()}")
-    print(f"load average before the run: {load_before}")
-    print(f"versions: {versions()}")
+    print_conditions(load_before)
     shape = (args.batch_size, args.tokens, args.heads, args.head_dim)
     rng = np.random.default_rng(0)
     q, k, v, g = (

@@ -39,10 +39,9 @@ import time
 
 import keras
 import machine  # benchmarks/machine.py
-from train_throughput import machine_description  # benchmarks/
-from train_throughput import model_and_batch
+from train_throughput import model_and_batch  # benchmarks/
 from train_throughput import preset_parser
-from train_throughput import versions
+from train_throughput import print_conditions
 
 
 def jax_op_times(run, steps):
@@ -154,9 +153,7 @@ def main():
         float(logs["loss"])  # wait for asynchronous backends
 
     backend = keras.backend.backend()
-    print(f"machine: {machine_description()}")
-    print(f"load average before the run: {load_before}")
-    print(f"versions: {versions()}")
+    print_conditions(load_before)
     print(f"backend={backend} preset={args.preset} batch={args.batch_size}")
     if backend == "jax":
         totals = jax_op_times(run, args.steps)

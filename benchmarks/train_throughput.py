@@ -67,6 +67,14 @@ def versions():
     )
 
 
+def print_conditions(load_before):
+    """Prints the machine, the load average before the run and the
+    versions: the conditions every benchmark number is stated with."""
+    print(f"machine: {machine_description()}")
+    print(f"load average before the run: {load_before}")
+    print(f"versions: {versions()}")
+
+
 def accelerator_name():
     """The GPU's name, or `None` when the backend runs on CPU."""
     backend = keras.backend.backend()
@@ -230,9 +238,7 @@ def main():
 
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
     peak = peak_rate(compute_dtype)
-    print(f"machine: {machine_description()}")
-    print(f"load average before the run: {load_before}")
-    print(f"versions: {versions()}")
+    print_conditions(load_before)
     print(
         f"backend={keras.backend.backend()} preset={args.preset} "
         f"params={backbone.count_params():,} batch={args.batch_size} "
