@@ -15,6 +15,10 @@ GPU, the device's published dense peak for the compute dtype (a table in
       KERAS_BACKEND=$b python benchmarks/train_throughput.py --preset dsd_tiny
     done
 
+`--fit` times `fit` epochs instead of `train_on_batch` calls: what
+`model.fit(arrays)` costs per step, including Keras' loop around the
+compiled step (on JAX, dispatch ahead of the running step).
+
 `--per-step N` then runs N more steps, waiting for each, and prints each
 step's time, minor page faults and system CPU time (the process's own, from
 `getrusage`: where a step's time goes outside the computation) and its
@@ -171,6 +175,32 @@ def model_and_batch(preset, batch_size, jit_compile="auto"):
     return model, images, labels
 
 
+def fit_seconds(model, images, labels, steps):
+    """Seconds per step of one `fit` epoch of `steps` steps over `images`
+    and `labels` repeated, from the epoch's first step starting to the
+    end of its last (the data adapter's set-up before is not counted)."""
+    times = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                times.append(time.perf_counter())
+
+        def on_epoch_end(self, epoch, logs=None):
+            float(logs["loss"])  # waits for asynchronous backends
+            times.append(time.perf_counter())
+
+    model.fit(
+        np.concatenate([images] * steps),
+        np.concatenate([labels] * steps),
+        batch_size=len(images),
+        shuffle=False,
+        verbose=0,
+        callbacks=[Clock()],
+    )
+    return (times[1] - times[0]) / steps
+
+
 def preset_parser(doc, batch_size):
     """An argument parser described by `doc`'s first paragraph, with
     `--preset` and `--batch-size`."""
@@ -210,6 +240,12 @@ def main():
         help="Then time this many steps one by one, with page faults.",
     )
     parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="Time `fit` epochs over the batch repeated (warm-up, then "
+        "timed) instead of `train_on_batch` calls.",
+    )
+    parser.add_argument(
         "--jit-compile",
         default="auto",
         choices=["auto", "true", "false"],
@@ -226,15 +262,21 @@ def main():
     )
     backbone = model.backbone
 
-    start = time.perf_counter()
-    for _ in range(args.warmup):
-        model.train_on_batch(images, labels)
-    compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        logs = model.train_on_batch(images, labels, return_dict=True)
-    float(logs["loss"])  # wait for asynchronous backends
-    step_seconds = (time.perf_counter() - start) / args.steps
+    if args.fit:
+        compile_seconds = args.warmup * fit_seconds(
+            model, images, labels, args.warmup
+        )
+        step_seconds = fit_seconds(model, images, labels, args.steps)
+    else:
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            model.train_on_batch(images, labels)
+        compile_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            logs = model.train_on_batch(images, labels, return_dict=True)
+        float(logs["loss"])  # wait for asynchronous backends
+        step_seconds = (time.perf_counter() - start) / args.steps
 
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
     peak = peak_rate(compute_dtype)
@@ -250,6 +292,7 @@ def main():
         f"{args.batch_size / step_seconds:.1f} images/s, "
         f"{1000 * step_seconds:.1f} ms/step "
         f"(warm-up {args.warmup} steps incl. compile: {compile_seconds:.1f} s)"
+        + (" in fit" if args.fit else "")
     )
     for step in range(args.per_step):
         before = resource.getrusage(resource.RUSAGE_SELF)

@@ -1,7 +1,7 @@
 """keras_dsd: Diffusion as Self-Distillation in Keras 3."""
 
-# First: on JAX's CPU it sets malloc up before TensorFlow (imported by
-# keras_hub) or JAX start threads (`jax_backend.keep_freed_host_memory`).
+# First: on JAX's CPU it sets malloc up before Keras imports TensorFlow
+# and before JAX starts threads (`keras_dsd.backend.jax_cpu`).
 from keras_dsd import backend  # noqa: F401, I001
 from keras_dsd import callbacks
 from keras_dsd import datasets

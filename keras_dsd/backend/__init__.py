@@ -35,10 +35,12 @@
   `keras_dsd.utils.distribution`.
 - `value_and_grad(...)` and `eager_loops()`: the backend halves of the
   test helpers in `keras_dsd.testing`.
-- `jax_backend.keep_freed_host_memory()`: run once when `keras_dsd` is
-  imported under JAX; on JAX's CPU it sets glibc's malloc to reuse the
-  temporary buffers XLA frees after every step instead of returning them
-  to the system (`KERAS_DSD_KEEP_HOST_MEMORY=0` turns it off).
+- `jax_cpu.configure()`: run when `keras_dsd` is imported under JAX
+  (before Keras is, if `KERAS_BACKEND=jax`); on JAX's CPU it sets glibc's
+  malloc to reuse the temporary buffers XLA frees after every step
+  instead of returning them to the system (`KERAS_DSD_KEEP_HOST_MEMORY=0`
+  turns it off), and has JAX run computations on the calling thread
+  (`JAX_CPU_ENABLE_ASYNC_DISPATCH`, if set, decides instead).
 - `keras_dsd.backend.data.first_batch(x, y)`: peeks at the first batch of
   `fit`'s input (numpy, `tf.data`, `PyDataset`, torch `DataLoader`).
 - `keras_dsd.backend.torch_backend` also holds the PyTorch multi-process
@@ -46,7 +48,16 @@
   needs, since Keras' `fit` has no DistributedDataParallel of its own.
 """
 
-import keras
+import os
+
+from keras_dsd.backend import jax_cpu
+
+if os.environ.get("KERAS_BACKEND") == "jax":
+    # Before Keras imports TensorFlow, whose threads would keep malloc
+    # arenas of their own (`jax_cpu.keep_freed_host_memory`).
+    jax_cpu.configure()
+
+import keras  # noqa: E402
 
 
 def _module():
@@ -66,10 +77,10 @@ def _module():
 
 
 if keras.backend.backend() == "jax":
-    # Before any JAX computation starts its threads (see there).
-    from keras_dsd.backend import jax_backend
-
-    jax_backend.keep_freed_host_memory()
+    # With the backend from keras.json, or Keras imported before
+    # keras_dsd: now, before JAX starts its threads at least (after the
+    # call above, the same settings again).
+    jax_cpu.configure()
 
 
 def compile_inference_function(fn, variables):
