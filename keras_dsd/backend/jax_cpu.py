@@ -25,7 +25,7 @@ def configure():
 
 def keep_freed_host_memory():
     """Has glibc's malloc keep freed memory for reuse, when JAX will run
-    on the CPU. Called once when `keras_dsd` is imported.
+    on the CPU. Called when `keras_dsd` is imported (`configure`).
 
     XLA's CPU client allocates each run's temporary buffers as one block
     (1.88 GB for a dsd_s batch-4 training step, 170 MB for dsd_tiny at
@@ -43,10 +43,13 @@ def keep_freed_host_memory():
 
     Best effort: a thread that allocated before this call keeps an arena
     of its own, and an XLA thread that glibc later hands that arena maps
-    its block afresh on every run. Importing Keras imports TensorFlow,
-    one of whose threads allocates, so `keras_dsd.backend` calls this
-    before it imports Keras when `KERAS_BACKEND=jax` names the backend.
-    (A 64 MiB test program on a loaded machine: called after Keras'
+    its block afresh on every run. With `dispatch_synchronously` the
+    calling thread allocates the temporaries, from the main heap; with
+    JAX's asynchronous dispatch its own threads do. Importing Keras
+    imports TensorFlow, one of whose threads allocates, so
+    `keras_dsd.backend` calls this before it imports Keras when
+    `KERAS_BACKEND=jax` names the backend. (A 64 MiB test program on a
+    loaded machine, dispatching asynchronously: called after Keras'
     import, every second or third run faulted its whole block, without
     end; called before, runs stopped faulting once the heap had grown,
     within ~20 runs.) With the backend set in `keras.json`, or Keras
