@@ -165,27 +165,33 @@ print(temp, arenas, *faults)
 """
 
 
-def _page_faults_per_run(keep_host_memory):
-    """The temporaries' size, malloc's arena count after `import keras_dsd`
-    and the page faults of each of 8 runs after 20, in a fresh process."""
+def _fresh_process_output(script, **environ):
+    """What `script` prints, run in a fresh Python process on JAX's CPU
+    with `environ` set (and JAX's own dispatch setting unless given)."""
     import os
     import subprocess
     import sys
 
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="jax",
-        JAX_PLATFORMS="cpu",
-        KERAS_DSD_KEEP_HOST_MEMORY=keep_host_memory,
-    )
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env.pop("JAX_CPU_ENABLE_ASYNC_DISPATCH", None)
+    env.update(environ)
     result = subprocess.run(
-        [sys.executable, "-c", _PAGE_FAULTS_PER_RUN],
+        [sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    temp, arenas, *faults = map(int, result.stdout.split())
+    return result.stdout
+
+
+def _page_faults_per_run(keep_host_memory):
+    """The temporaries' size, malloc's arena count after `import keras_dsd`
+    and the page faults of each of 8 runs after 20, in a fresh process."""
+    output = _fresh_process_output(
+        _PAGE_FAULTS_PER_RUN, KERAS_DSD_KEEP_HOST_MEMORY=keep_host_memory
+    )
+    temp, arenas, *faults = map(int, output.split())
     return temp, arenas, faults
 
 
@@ -225,21 +231,8 @@ print(run(a).is_ready())
 def _ready_on_return(**environ):
     """Whether a JAX CPU computation has finished when its call returns,
     in a fresh process that imports `keras_dsd` with `environ` set."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    env.pop("JAX_CPU_ENABLE_ASYNC_DISPATCH", None)
-    env.update(environ)
-    result = subprocess.run(
-        [sys.executable, "-c", _READY_ON_RETURN],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {"True": True, "False": False}[result.stdout.strip()]
+    output = _fresh_process_output(_READY_ON_RETURN, **environ)
+    return {"True": True, "False": False}[output.strip()]
 
 
 def test_cpu_computations_run_on_the_calling_thread():
