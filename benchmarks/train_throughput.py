@@ -252,6 +252,13 @@ def main():
         help="`compile(jit_compile=...)`; on torch, `true` is torch.compile.",
     )
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1; got {args.steps}.")
+    if args.warmup < (1 if args.fit else 0):
+        parser.error(
+            f"--warmup must be at least {1 if args.fit else 0}"
+            f"{' with --fit' if args.fit else ''}; got {args.warmup}."
+        )
     load_before = machine.load_average()
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")

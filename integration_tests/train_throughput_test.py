@@ -1,0 +1,67 @@
+"""benchmarks/train_throughput.py: what `--fit` times, and its arguments."""
+
+import importlib.util
+import os
+import sys
+
+import keras
+import pytest
+
+import keras_dsd
+from keras_dsd.testing import test_utils
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def train_throughput():
+    sys.path.insert(0, BENCHMARKS)  # its own imports: machine.py
+    try:
+        path = os.path.join(BENCHMARKS, "train_throughput.py")
+        spec = importlib.util.spec_from_file_location("train_throughput", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+def test_fit_seconds_times_one_epoch_of_the_given_steps(train_throughput):
+    model = keras_dsd.models.DSDImageGenerator(
+        backbone=test_utils.tiny_backbone(), seed=0
+    )
+    model.compile()
+    images = test_utils.random_images(2)
+    labels = test_utils.random_labels(2)
+    seconds = train_throughput.fit_seconds(model, images, labels, steps=3)
+    # One optimizer update per step: the batch repeated 3 times, in
+    # batches of the batch's size.
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
+    assert 0 < seconds < 60
+    seconds = train_throughput.fit_seconds(model, images, labels, steps=2)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 5
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps must be at least 1; got 0."),
+        (
+            ["--fit", "--warmup", "0"],
+            "--warmup must be at least 1 with --fit; got 0.",
+        ),
+        (["--warmup", "-1"], "--warmup must be at least 0; got -1."),
+    ],
+)
+def test_bad_step_counts_are_refused_before_any_work(
+    train_throughput, monkeypatch, capsys, argv, message
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("built a model for bad arguments")
+
+    monkeypatch.setattr(train_throughput, "model_and_batch", no_model)
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        train_throughput.main()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
