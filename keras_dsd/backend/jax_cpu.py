@@ -48,12 +48,9 @@ def keep_freed_host_memory():
     JAX's asynchronous dispatch its own threads do. Importing Keras
     imports TensorFlow, one of whose threads allocates, so
     `keras_dsd.backend` calls this before it imports Keras when
-    `KERAS_BACKEND=jax` names the backend. (A 64 MiB test program on a
-    loaded machine, dispatching asynchronously: called after Keras'
-    import, every second or third run faulted its whole block, without
-    end; called before, runs stopped faulting once the heap had grown,
-    within ~20 runs.) With the backend set in `keras.json`, or Keras
-    imported before `keras_dsd`, it runs after Keras' import.
+    `KERAS_BACKEND=jax` names the backend (`jax_backend_test.py` counts
+    the arenas). With the backend set in `keras.json`, or Keras imported
+    before `keras_dsd`, it runs after Keras' import.
 
     Only where it helps and only before JAX starts: not if `jax` has
     already initialized its backends (threads that already allocated keep
