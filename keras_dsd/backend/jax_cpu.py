@@ -85,8 +85,8 @@ def dispatch_synchronously():
     By default JAX hands each CPU computation to a pool of threads of its
     own and returns at once. In `fit` the training loop then prepares the
     next step while XLA's threads compute, on the same cores: dsd_tiny at
-    batch 64 in `fit` took 109 ms a step with asynchronous dispatch and
-    90 ms without on the project's 2-core machine (`train_throughput.py
+    batch 32 in `fit` took 52-56 ms a step with asynchronous dispatch and
+    44-45 ms without on the project's 2-core machine (`train_throughput.py
     --fit`, docs/speed.md), and openxla/xla#18608 reports up to 2x on
     inference from the threads it adds. The dispatching threads also
     allocate each step's temporaries, and one handed a malloc arena of
@@ -103,7 +103,10 @@ def dispatch_synchronously():
         return False
     import jax
 
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    try:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    except AttributeError:  # older JAX: no flag, no asynchronous CPU dispatch
+        return False
     return True
 
 
