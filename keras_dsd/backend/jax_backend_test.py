@@ -241,6 +241,20 @@ def test_cpu_computations_run_on_the_calling_thread():
     assert not _ready_on_return(JAX_CPU_ENABLE_ASYNC_DISPATCH="true")
 
 
+def test_a_jax_without_the_dispatch_flag_is_left_alone(monkeypatch):
+    import jax
+
+    from keras_dsd.backend import jax_cpu
+
+    def update(name, value):  # as JAX answers an option it does not have
+        raise AttributeError(f"Unrecognized config option: {name}")
+
+    monkeypatch.delenv("JAX_CPU_ENABLE_ASYNC_DISPATCH", raising=False)
+    monkeypatch.setattr(jax_cpu, "_jax_will_run_on_cpu", lambda: True)
+    monkeypatch.setattr(jax.config, "update", update)
+    assert not jax_cpu.dispatch_synchronously()
+
+
 def test_default_platform_is_decided_without_starting_jax():
     import jax
 
