@@ -167,7 +167,8 @@ print(temp, arenas, *faults)
 
 def _fresh_process_output(script, **environ):
     """What `script` prints, run in a fresh Python process on JAX's CPU
-    with `environ` set (and JAX's own dispatch setting unless given)."""
+    with `environ` set (the caller's `JAX_CPU_ENABLE_ASYNC_DISPATCH`
+    removed unless `environ` gives one)."""
     import os
     import subprocess
     import sys
