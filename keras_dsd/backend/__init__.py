@@ -52,7 +52,8 @@ import os
 
 from keras_dsd.backend import jax_cpu
 
-if os.environ.get("KERAS_BACKEND") == "jax":
+_CONFIGURED_BEFORE_KERAS = os.environ.get("KERAS_BACKEND") == "jax"
+if _CONFIGURED_BEFORE_KERAS:
     # Before Keras imports TensorFlow, whose threads would keep malloc
     # arenas of their own (`jax_cpu.keep_freed_host_memory`).
     jax_cpu.configure()
@@ -76,10 +77,9 @@ def _module():
     return module
 
 
-if keras.backend.backend() == "jax":
-    # With the backend from keras.json, or Keras imported before
-    # keras_dsd: now, before JAX starts its threads at least (after the
-    # call above, the same settings again).
+if keras.backend.backend() == "jax" and not _CONFIGURED_BEFORE_KERAS:
+    # The backend came from keras.json: now, before JAX starts its
+    # threads at least.
     jax_cpu.configure()
 
 

@@ -5,6 +5,7 @@ Keras, so that it can run before Keras imports TensorFlow
 (`keras_dsd.backend`)."""
 
 import ctypes
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -134,9 +135,11 @@ def _default_platform_is_cpu(platforms, plugins):
     return not plugins
 
 
+@functools.cache
 def _accelerator_plugins():
     """The JAX accelerator plugins installed (CUDA, ROCm, TPU, ...): the
-    packages JAX itself looks for when it starts."""
+    packages JAX itself looks for when it starts. Looked up once per
+    process: both settings ask."""
     plugins = [
         e.name for e in importlib.metadata.entry_points(group="jax_plugins")
     ]
