@@ -9,6 +9,7 @@ from keras_dsd import evaluation
 from keras_dsd import layers
 from keras_dsd import metrics
 from keras_dsd import models
+from keras_dsd import optimizers
 from keras_dsd import recipes
 from keras_dsd import samplers
 from keras_dsd import utils

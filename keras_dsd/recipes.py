@@ -24,10 +24,9 @@ import dataclasses
 import inspect
 from typing import Optional
 
-import keras
-
 from keras_dsd.models import DSDBackbone
 from keras_dsd.models import DSDImageGenerator
+from keras_dsd.optimizers import AdamW
 from keras_dsd.utils.schedules import warmup_schedule
 
 
@@ -73,8 +72,9 @@ class Recipe:
         return warmup_schedule(self.learning_rate, self.warmup_steps)
 
     def optimizer(self, gradient_accumulation_steps=None):
-        """A new AdamW optimizer with this recipe's settings."""
-        return keras.optimizers.AdamW(
+        """A new AdamW optimizer (`keras_dsd.optimizers.AdamW`) with this
+        recipe's settings."""
+        return AdamW(
             learning_rate=self.learning_rate_schedule(),
             weight_decay=self.weight_decay,
             clipnorm=self.clipnorm,

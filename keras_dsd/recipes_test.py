@@ -1,8 +1,8 @@
-import keras
 import numpy as np
 import pytest
 
 from keras_dsd import recipes
+from keras_dsd.optimizers import AdamW
 from keras_dsd.testing import test_utils
 
 
@@ -15,7 +15,7 @@ def test_every_recipe_builds_a_compiled_model(name):
         assert getattr(model, key) == value, key
     assert model.seed == 3
     optimizer = model.optimizer
-    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert isinstance(optimizer, AdamW)
     assert optimizer.clipnorm == recipe.clipnorm
     np.testing.assert_allclose(
         float(test_utils.to_numpy(optimizer.weight_decay or 0.0)),

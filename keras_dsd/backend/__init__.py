@@ -21,6 +21,10 @@
   streams: `keras_dsd.layers.DSDTransformerBlock`).
 - `move_averages(averages, weights, decay)`: the EMA update of one set
   of variables towards another (multi-tensor kernels on PyTorch).
+- `adamw_base()`, `clip_each_by_norm(grads, clipnorm)` and
+  `fused_adam_update(...)`: the parts of `keras_dsd.optimizers.AdamW`
+  (Keras' AdamW; on PyTorch's CPU its clipping and update as multi-tensor
+  and fused kernels).
 - `replica_id()`: which data-parallel replica runs the current training
   step (`None` where the whole global batch is one program, as with JAX's
   `keras.distribution`), so that replicas draw different diffusion noise.
@@ -127,6 +131,35 @@ def move_averages(averages, weights, decay):
         average.assign(
             keras.ops.cast(decay * old + (1.0 - decay) * new, average.dtype)
         )
+
+
+def adamw_base():
+    """The class `keras.optimizers.AdamW(...)` builds on this backend (on
+    PyTorch, Keras' multi-tensor subclass), for `keras_dsd.optimizers.AdamW`
+    to extend."""
+    if keras.backend.backend() == "torch":
+        return _module().adamw_base()
+    return keras.optimizers.AdamW
+
+
+def clip_each_by_norm(grads, clipnorm):
+    """Each gradient scaled to norm at most `clipnorm` (Keras' `clipnorm`),
+    on PyTorch as multi-tensor kernels (`torch_backend.clip_each_by_norm`);
+    `None` elsewhere, where XLA fuses Keras' own clipping into the step."""
+    if keras.backend.backend() == "torch":
+        return _module().clip_each_by_norm(grads, clipnorm)
+    return None
+
+
+def fused_adam_update(optimizer, grads, variables, learning_rate):
+    """Runs `optimizer`'s Adam update of `variables` as one fused kernel
+    where that is exact and faster (PyTorch, float32 CPU tensors:
+    `torch_backend.fused_adam_update`) and says whether it did."""
+    if keras.backend.backend() == "torch":
+        return _module().fused_adam_update(
+            optimizer, grads, variables, learning_rate
+        )
+    return False
 
 
 def replica_id():

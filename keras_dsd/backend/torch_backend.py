@@ -1,4 +1,5 @@
 import contextlib
+import math
 import os
 import time
 
@@ -114,6 +115,80 @@ def move_averages(averages, weights, decay):
         sources = [w.value.detach() for w in weights]
         decay = keras.ops.convert_to_tensor(decay, "float32")
         torch._foreach_lerp_(targets, sources, [1 - decay] * len(targets))
+
+
+def clip_each_by_norm(grads, clipnorm):
+    """`g * clipnorm / max(norm(g), clipnorm)` for each gradient `g` (the
+    `clipnorm` of Keras' optimizers), as two multi-tensor kernels and two
+    small ones on the norms, instead of about ten eager kernels per
+    gradient. New tensors: `grads` are left as they are."""
+    with torch.no_grad():
+        norms = torch.stack(torch._foreach_norm(grads))
+        # `clamp` keeps a NaN norm NaN, as Keras' `maximum` does.
+        scales = clipnorm / torch.clamp(norms, min=clipnorm)
+        return list(torch._foreach_mul(grads, list(scales.unbind())))
+
+
+def adamw_base():
+    """The class `keras.optimizers.AdamW(...)` builds on PyTorch: Keras'
+    AdamW with its update as multi-tensor (`torch._foreach_*`) kernels."""
+    from keras.src.backend.torch.optimizers import torch_adamw
+
+    return torch_adamw.AdamW
+
+
+def _cpu_float32(tensors):
+    return all(
+        t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and t.layout == torch.strided
+        for t in tensors
+    )
+
+
+def fused_adam_update(optimizer, grads, variables, learning_rate):
+    """Keras' Adam update of `variables` (after Keras' own clipping and
+    weight decay) as one fused kernel, `torch._fused_adam_`: one pass over
+    each variable, its gradient and its two moments, instead of Keras'
+    ten multi-tensor passes. Only for float32 CPU tensors without
+    `amsgrad`, outside `torch.compile`; returns False (and does nothing)
+    otherwise.
+
+    The arithmetic is Keras': `m <- b1 m + (1 - b1) g`,
+    `v <- b2 v + (1 - b2) g^2`, `w <- w - lr sqrt(1 - b2^t) / (1 - b1^t)
+    m / (sqrt(v) + eps)` with `t` the update's number. PyTorch's kernel
+    adds its epsilon after dividing `sqrt(v)` by `sqrt(1 - b2^t)`, so it
+    is given `eps / sqrt(1 - b2^t)`, which needs `t` on the host: free on
+    the CPU, a synchronisation on an accelerator (where Keras' update
+    runs instead).
+    """
+    if optimizer.amsgrad or torch.compiler.is_compiling():
+        return False
+    index = optimizer._get_variable_index
+    params = [v.value for v in variables]
+    momentums = [optimizer._momentums[index(v)].value for v in variables]
+    velocities = [optimizer._velocities[index(v)].value for v in variables]
+    if not _cpu_float32([*params, *grads, *momentums, *velocities]):
+        return False
+    step = int(keras.ops.convert_to_tensor(optimizer.iterations)) + 1
+    beta_2 = float(optimizer.beta_2)
+    with torch.no_grad():
+        torch._fused_adam_(
+            params,
+            list(grads),
+            momentums,
+            velocities,
+            [],
+            [torch.tensor(float(step))] * len(params),
+            lr=float(keras.ops.convert_to_tensor(learning_rate)),
+            beta1=float(optimizer.beta_1),
+            beta2=beta_2,
+            weight_decay=0.0,  # Keras' `_apply_weight_decay` has run
+            eps=float(optimizer.epsilon) / math.sqrt(1.0 - beta_2**step),
+            amsgrad=False,
+            maximize=False,
+        )
+    return True
 
 
 def gelu(x):

@@ -39,6 +39,7 @@ from keras_dsd.models.dsd import objectives
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.latent_metrics import effective_rank
 from keras_dsd.models.dsd.latent_metrics import latent_std
+from keras_dsd.optimizers import AdamW
 from keras_dsd.utils import schedules
 from keras_dsd.utils import validation
 
@@ -250,9 +251,10 @@ class DSDImageGenerator(keras.Model):
 
         Args:
             optimizer: `"auto"` or any Keras optimizer. `"auto"` is AdamW
-                without weight decay, gradient clipping at norm 1 and a
-                linear warm-up over 100 updates to a constant learning rate
-                of `2e-3 * 128 / hidden_dim`
+                (`keras_dsd.optimizers.AdamW`) without weight decay,
+                gradient clipping at norm 1 and a linear warm-up over 100
+                updates to a constant learning rate of
+                `2e-3 * 128 / hidden_dim`
                 (`keras_dsd.utils.schedules.default_learning_rate`: the
                 recipe study's best for `dsd_tiny`, scaled as
                 `1 / width`; untested at larger widths).
@@ -264,7 +266,7 @@ class DSDImageGenerator(keras.Model):
                 the DSD objective is built in.
         """
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
+            optimizer = AdamW(
                 learning_rate=schedules.warmup_schedule(
                     schedules.default_learning_rate(self.backbone.hidden_dim),
                     warmup_steps=100,

@@ -8,6 +8,7 @@ import pytest
 from keras_dsd.models.dsd.dsd_backbone import DSDBackbone
 from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
 from keras_dsd.models.dsd.dsd_presets import backbone_presets as presets
+from keras_dsd.optimizers import AdamW
 from keras_dsd.testing import test_utils
 
 LOG_KEYS = {
@@ -244,7 +245,7 @@ def test_fit_with_tf_data():
 
 def test_compile_defaults(trained):
     model = trained.model
-    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert isinstance(model.optimizer, AdamW)
     assert model.optimizer.clipnorm == 1.0
     assert float(model.optimizer.weight_decay) == 0.0
     # Linear warm-up over 100 updates to 2e-3 * 128 / width, by hand.
