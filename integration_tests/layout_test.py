@@ -2,8 +2,9 @@
 
 - Backend frameworks (TensorFlow, JAX, PyTorch) are imported only in
   `keras_dsd/backend/` and in the tf.data pipeline modules.
-- Imports inside the package run one way: backend/utils -> layers ->
-  models -> metrics/callbacks/evaluation/recipes/... -> the top level.
+- Imports inside the package run one way: backend/utils ->
+  layers/optimizers/samplers -> models ->
+  metrics/callbacks/evaluation/recipes/... -> the top level.
 - Every script, guide and benchmark that trains on the digits builds its
   model from the library's `digits` recipe instead of a copy of it.
 """
@@ -27,6 +28,7 @@ LEVELS = {
     "backend": 1,
     "utils": 1,
     "layers": 2,
+    "optimizers": 2,
     "samplers": 2,
     "models": 3,
     "metrics": 4,

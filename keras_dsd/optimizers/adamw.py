@@ -16,8 +16,8 @@ class AdamW(backend.adamw_base()):
     the clipping is two multi-tensor kernels and, for float32 variables on
     the CPU, the Adam update is one fused kernel (`torch._fused_adam_`)
     given Keras' epsilon placement. Results agree with Keras' to float32
-    round-off. On JAX and TensorFlow, XLA compiles Keras' own update into
-    the training step, and this class is `keras.optimizers.AdamW`.
+    round-off. On JAX and TensorFlow it runs Keras' own clipping and
+    update, which XLA compiles into the training step.
 
     `DSDImageGenerator.compile()` and `keras_dsd.recipes` use it by default.
 
@@ -31,6 +31,7 @@ class AdamW(backend.adamw_base()):
         if (
             self.clipnorm
             and self.clipnorm > 0
+            and grads
             and all(g is not None for g in grads)
         ):
             clipped = backend.clip_each_by_norm(grads, self.clipnorm)
