@@ -137,11 +137,12 @@ def adamw_base():
     return torch_adamw.AdamW
 
 
-def _cpu_float32(tensors):
+def _contiguous_cpu_float32(tensors):
     return all(
         t.device.type == "cpu"
         and t.dtype == torch.float32
         and t.layout == torch.strided
+        and t.is_contiguous()
         for t in tensors
     )
 
@@ -150,9 +151,9 @@ def fused_adam_update(optimizer, grads, variables, learning_rate):
     """Keras' Adam update of `variables` (after Keras' own clipping and
     weight decay) as one fused kernel, `torch._fused_adam_`: one pass over
     each variable, its gradient and its two moments, instead of Keras'
-    ten multi-tensor passes. Only for float32 CPU tensors without
-    `amsgrad`, outside `torch.compile`; returns False (and does nothing)
-    otherwise.
+    ten multi-tensor passes. Only for contiguous float32 CPU tensors
+    (gradients are made contiguous) without `amsgrad`, outside
+    `torch.compile`; returns False (and does nothing) otherwise.
 
     The arithmetic is Keras': `m <- b1 m + (1 - b1) g`,
     `v <- b2 v + (1 - b2) g^2`, `w <- w - lr sqrt(1 - b2^t) / (1 - b1^t)
@@ -168,14 +169,18 @@ def fused_adam_update(optimizer, grads, variables, learning_rate):
     params = [v.value for v in variables]
     momentums = [optimizer._momentums[index(v)].value for v in variables]
     velocities = [optimizer._velocities[index(v)].value for v in variables]
-    if not _cpu_float32([*params, *grads, *momentums, *velocities]):
+    # The CPU kernel walks each tensor's memory in order: a transposed
+    # gradient (a view) would meet the wrong moments.
+    grads = [g.contiguous() for g in grads]
+    tensors = [*params, *grads, *momentums, *velocities]
+    if not _contiguous_cpu_float32(tensors):
         return False
     step = int(keras.ops.convert_to_tensor(optimizer.iterations)) + 1
     beta_2 = float(optimizer.beta_2)
     with torch.no_grad():
         torch._fused_adam_(
             params,
-            list(grads),
+            grads,
             momentums,
             velocities,
             [],

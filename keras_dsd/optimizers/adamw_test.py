@@ -62,7 +62,11 @@ def test_updates_are_clipped_adamw_computed_in_numpy(amsgrad):
         amsgrad=amsgrad,
     )
     for step_grads in grads:
-        optimizer.apply([keras.ops.array(g) for g in step_grads], variables)
+        tensors = [keras.ops.array(g) for g in step_grads]
+        # The first as a transposed view (on PyTorch, not contiguous).
+        transposed = np.ascontiguousarray(step_grads[0].T)
+        tensors[0] = keras.ops.transpose(keras.ops.array(transposed))
+        optimizer.apply(tensors, variables)
     expected = _numpy_adamw(values, grads, 1e-2, 0.1, 0.5, 1e-3, amsgrad)
     for variable, want in zip(variables, expected):
         np.testing.assert_allclose(
