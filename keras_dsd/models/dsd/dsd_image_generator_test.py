@@ -247,9 +247,10 @@ def test_default_optimizer_trains_as_keras_adamw_does():
     # `keras_dsd.optimizers.AdamW` (the default) against Keras' own AdamW,
     # an independent implementation of the same update: same losses and
     # weights after three steps, to float32 round-off. (Epsilon 1e-3: with
-    # Keras' 1e-7, Adam turns the round-off noise that is the gradient of
-    # an attention key bias, zero in exact arithmetic, into steps of about
-    # the learning rate, and round-off apart, two runs' noise differs.)
+    # Keras' 1e-7, Adam turns the gradient of an attention key bias, zero
+    # in exact arithmetic and so pure round-off noise, into steps of about
+    # the learning rate, and any round-off difference between the two
+    # implementations changes that noise.)
     x, y = _data()
     runs = []
     for cls in (AdamW, keras.optimizers.AdamW):
