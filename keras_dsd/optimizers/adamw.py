@@ -31,7 +31,6 @@ class AdamW(backend.adamw_base()):
         if (
             self.clipnorm
             and self.clipnorm > 0
-            and grads
             and all(g is not None for g in grads)
         ):
             clipped = backend.clip_each_by_norm(grads, self.clipnorm)
