@@ -1,10 +1,10 @@
-"""Which kernel runs `keras.ops.dot_product_attention` under PyTorch.
+"""Which kernel runs the network's attention under PyTorch.
 
-Profiles one attention call at a DSD shape (`SelfAttention` passes
-`(B, N, heads, head_dim)` tensors) and prints the device kernels and the
-aten ops that ran, and whether a fused one (flash / memory-efficient /
-cuDNN scaled-dot-product attention) is among them. On CPU it prints the
-aten ops only.
+Profiles one call of `keras_dsd.backend.dot_product_attention` (what
+`SelfAttention` calls, with `(B, N, heads, head_dim)` tensors) at a DSD
+shape and prints the device kernels and the aten ops that ran, and
+whether a fused one (flash / memory-efficient / cuDNN scaled-dot-product
+attention) is among them. On CPU it prints the aten ops only.
 
     KERAS_BACKEND=torch python benchmarks/attention_kernel.py --dtype bfloat16
 """
@@ -13,6 +13,8 @@ import argparse
 
 import keras
 import numpy as np
+
+import keras_dsd
 
 FUSED = ("flash", "efficient", "cudnn", "fmha", "scaled_dot_product")
 
@@ -37,12 +39,13 @@ def main():
         keras.ops.convert_to_tensor(rng.normal(size=shape), args.dtype)
         for _ in range(3)
     )
-    keras.ops.dot_product_attention(q, k, v)  # warm up
+    attention = keras_dsd.backend.dot_product_attention
+    attention(q, k, v)  # warm up
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
-        keras.ops.dot_product_attention(q, k, v)
+        attention(q, k, v)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     names = sorted({event.key for event in prof.key_averages()})

@@ -7,10 +7,12 @@
   returns numpy arrays.
 - `dot_product_attention(query, key, value)`: softmax attention on
   `(B, N, heads, head_dim)` tensors. `keras.ops.dot_product_attention`
-  (fused kernels: SDPA / flash on torch, cuDNN on JAX GPUs), except on
-  JAX's CPU, where the same sums run heads-first, with the scale on the
-  query and the softmax's division after the product with `value` (XLA's
-  CPU backend runs `jax.nn`'s order slower; `jax_backend`).
+  (fused kernels: cuDNN on JAX GPUs), except on PyTorch, where it is
+  `scaled_dot_product_attention` on heads-first views without Keras'
+  copies to contiguous tensors, and on JAX's CPU, where the same sums run
+  heads-first, with the scale on the query and the softmax's division
+  after the product with `value` (XLA's CPU backend runs `jax.nn`'s order
+  slower; `jax_backend`).
 - `gelu(x)`: the exact (erf) GELU; on JAX as `x * (1 + erf(x / sqrt 2)) / 2`,
   the form TensorFlow computes, instead of `jax.nn.gelu`'s costlier `erfc`.
 - `matmul(x, kernel, bias=None)`: a dense layer's `x @ kernel (+ bias)`;

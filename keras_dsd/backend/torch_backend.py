@@ -27,7 +27,21 @@ def _process_group():
 
 
 def dot_product_attention(query, key, value):
-    return keras.ops.dot_product_attention(query, key, value)
+    """`keras.ops.dot_product_attention` without its copies: PyTorch's
+    `scaled_dot_product_attention` on heads-first views of the
+    `(B, N, heads, head_dim)` tensors. Keras copies query, key and value
+    to contiguous tensors first wherever its flash-attention check fails,
+    which on the CPU is always; PyTorch's fused kernels take the strided
+    views as they are (on a GPU PyTorch picks the kernel:
+    `benchmarks/attention_kernel.py` shows which one runs)."""
+    query, key, value = (
+        keras.ops.convert_to_tensor(x).transpose(1, 2)
+        for x in (query, key, value)
+    )
+    attended = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value
+    )
+    return attended.transpose(1, 2)
 
 
 def _onednn_linear():
@@ -82,8 +96,12 @@ def matmul(x, kernel, bias=None):
     inside the kernel, and all gradients) instead of `torch.matmul`: the
     MKL build in PyTorch's CPU wheels runs AVX2 kernels on AMD processors,
     at less than half the oneDNN rate on the same cores (docs/speed.md).
-    Elsewhere (CUDA, half precision, `torch.compile` tracing) it is
-    `keras.ops.matmul` and `keras.ops.add`, as in `keras.layers.Dense`.
+    oneDNN also computes each row the same way whatever the number of
+    rows, where MKL's results for one example change in the last bits
+    with the batch size: the data-parallel and gradient-accumulation
+    equality tests rely on that. Elsewhere (CUDA, half precision,
+    `torch.compile` tracing) it is `keras.ops.matmul` and `keras.ops.add`,
+    as in `keras.layers.Dense`.
     """
     x = keras.ops.convert_to_tensor(x)
     kernel = keras.ops.convert_to_tensor(kernel)

@@ -141,3 +141,24 @@ def test_torch_float32_cpu_product_runs_through_onednn(monkeypatch):
     empty = layer(np.zeros((0, 5), "float32"))
     assert tuple(empty.shape) == (0, 4)
     assert calls == [1]
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="PyTorch's oneDNN path"
+)
+def test_torch_rows_do_not_depend_on_the_batch_size():
+    # oneDNN computes each row alike whatever the number of rows (MKL's
+    # `torch.addmm` does not for 1 or 2 rows: 3e-5 apart on these widths).
+    # The 2-device and gradient-accumulation equality tests rely on it.
+    from keras_dsd.backend import torch_backend
+
+    if torch_backend._LINEAR is None:
+        pytest.skip("this torch has no oneDNN linear kernel")
+    rng = np.random.default_rng(0)
+    layer = Dense(128)
+    x = rng.normal(size=(64, 256)).astype("float32")
+    full = test_utils.to_numpy(layer(x))
+    for rows in (1, 2, 32):
+        np.testing.assert_array_equal(
+            test_utils.to_numpy(layer(x[:rows])), full[:rows]
+        )

@@ -10,9 +10,10 @@ from keras_dsd.layers.dense import Dense
 class SelfAttention(keras.layers.Layer):
     """Multi-head self-attention on `(B, N, D)` tokens.
 
-    Uses `keras.ops.dot_product_attention`, which dispatches to the fused
-    kernels each backend offers (on JAX's CPU, a heads-first form that XLA
-    runs faster: `keras_dsd.backend.dot_product_attention`).
+    Uses `keras_dsd.backend.dot_product_attention`: the fused kernels each
+    backend offers, as `keras.ops.dot_product_attention` dispatches to
+    them (on PyTorch without Keras' copies, on JAX's CPU in a heads-first
+    form that XLA runs faster).
 
     Args:
         hidden_dim: int. Token width; must be divisible by `num_heads`.

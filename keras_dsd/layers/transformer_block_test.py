@@ -108,6 +108,7 @@ def test_block_config_round_trip():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_backend_attention_matches_numpy(dtype):
     # keras_dsd.backend.dot_product_attention (heads-first on JAX's CPU,
+    # PyTorch's scaled_dot_product_attention on heads-first views,
     # keras.ops.dot_product_attention elsewhere) against a float64 numpy
     # softmax attention on (B, N, heads, head_dim) tensors.
     import keras
