@@ -1,0 +1,58 @@
+"""benchmarks/layer_calls.py: its count of layer calls, and its backend."""
+
+import importlib.util
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def layer_calls():
+    sys.path.insert(0, BENCHMARKS)  # its own imports: machine.py
+    try:
+        path = os.path.join(BENCHMARKS, "layer_calls.py")
+        spec = importlib.util.spec_from_file_location("layer_calls", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+class TwoDense(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(3)
+        self.second = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.second(self.first(x) + self.first(x))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="eager layer calls at every step: PyTorch",
+)
+def test_counts_every_nested_layer_call_of_a_step(layer_calls):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, TwoDense()(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((2, 4), "float32"), np.zeros((2, 2), "float32")
+    model.train_on_batch(x, y)
+    # The model, TwoDense, and its Dense layers three times.
+    assert layer_calls.count_layer_calls(model, x, y) == 5
+    assert layer_calls.count_layer_calls(model, x, y) == 5
+    # The wrapper is gone afterwards.
+    assert keras.layers.Layer.__call__.__name__ == "__call__"
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="refusal")
+def test_refuses_backends_that_trace_the_step(layer_calls, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["layer_calls.py"])
+    with pytest.raises(SystemExit, match="use KERAS_BACKEND=torch"):
+        layer_calls.main()
