@@ -12,6 +12,7 @@ alternating), and prints their product next to the step's time.
         --batch-size 32
 """
 
+import collections
 import statistics
 import time
 
@@ -26,13 +27,13 @@ import keras_dsd
 
 
 def count_layer_calls(model, images, labels):
-    """Keras layer calls (nested ones included) in one training step."""
-    calls = 0
+    """`{layer class name: calls}` of the Keras layer calls (nested ones
+    included) in one training step."""
+    calls = collections.Counter()
     original = keras.layers.Layer.__call__
 
     def counting_call(self, *args, **kwargs):
-        nonlocal calls
-        calls += 1
+        calls[type(self).__name__] += 1
         return original(self, *args, **kwargs)
 
     keras.layers.Layer.__call__ = counting_call
@@ -108,7 +109,11 @@ def main():
         f"tokens={tokens} width={backbone.hidden_dim}"
     )
     print(f"training step: {step * 1e3:.1f} ms (median)")
-    print(f"Keras layer calls per step: {calls}")
+    print(
+        f"Keras layer calls per step: {calls.total()} ("
+        + ", ".join(f"{n} {name}" for name, n in calls.most_common())
+        + ")"
+    )
     print(
         f"Dense({backbone.hidden_dim}) on {tuple(x.shape)}: "
         f"{through_keras * 1e6:.0f} us through Layer.__call__, "
@@ -116,8 +121,8 @@ def main():
         f"{overhead * 1e6:.0f} us per layer call"
     )
     print(
-        f"layer calls x that: {calls * overhead * 1e3:.1f} ms per step, "
-        f"{100 * calls * overhead / step:.0f} % of the step"
+        f"layer calls x that: {calls.total() * overhead * 1e3:.1f} ms per "
+        f"step, {100 * calls.total() * overhead / step:.0f} % of the step"
     )
 
 
