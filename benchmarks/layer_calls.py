@@ -58,7 +58,11 @@ def median_seconds(fn, calls, rounds):
 def main():
     parser = preset_parser(__doc__, batch_size=32)
     parser.add_argument(
-        "--steps", type=int, default=20, help="Timed training steps."
+        "--steps",
+        type=int,
+        default=20,
+        help="Timed training steps, split over the rounds (at least one "
+        "per round).",
     )
     parser.add_argument(
         "--rounds", type=int, default=7, help="Alternating timing rounds."

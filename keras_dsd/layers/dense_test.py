@@ -148,8 +148,9 @@ def test_torch_float32_cpu_product_runs_through_onednn(monkeypatch):
 )
 def test_torch_rows_do_not_depend_on_the_batch_size():
     # oneDNN computes each row alike whatever the number of rows (MKL's
-    # `torch.addmm` does not for 1 or 2 rows: 3e-5 apart on these widths).
-    # The 2-device and gradient-accumulation equality tests rely on it.
+    # `torch.addmm` does not: with 1 or 2 rows its results differ in the
+    # last bits from those of the same rows among 64). The 2-device and
+    # gradient-accumulation equality tests rely on it.
     from keras_dsd.backend import torch_backend
 
     if torch_backend._LINEAR is None:
