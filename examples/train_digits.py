@@ -243,7 +243,8 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     images, labels = keras_dsd.datasets.load_mnist_digits(image_size=32)
     if args.smoke:
-        images, labels = images[::40], labels[::40]
+        # 128 digits: two full batches of 64, one compiled step shape.
+        images, labels = images[::39][:128], labels[::39][:128]
         args.epochs, args.batch_size, args.num_steps = 1, 64, 2
         args.samples_per_class = 1
         args.classifier_epochs = min(args.classifier_epochs, 1)
