@@ -37,6 +37,10 @@
   Keras' training step followed by variable assignments of the model's own
   (`after`, e.g. the EMA updates); JAX's stateless step gets them written
   into the state it returns.
+- `prepare_compiled_training(model)`: on PyTorch, before `torch.compile`
+  traces a DSD step, raises Dynamo's recompile limit to the model's
+  number of layers (Dynamo compiles Keras layers once per instance, and
+  past the limit ran most blocks eagerly).
 - `setup_data_parallel(...)`: each backend's data-parallel set-up, for
   `keras_dsd.utils.distribution`.
 - `value_and_grad(...)` and `eager_loops()`: the backend halves of the
@@ -174,6 +178,14 @@ def gather_replicas(x):
 
 def default_jit_compile():
     return _module().default_jit_compile()
+
+
+def prepare_compiled_training(model):
+    """Before `model`'s first compiled step: on PyTorch, lets Dynamo
+    compile every layer instance (`torch_backend.prepare_compiled_training`);
+    nothing elsewhere, where XLA compiles the step as one program."""
+    if keras.backend.backend() == "torch":
+        _module().prepare_compiled_training(model)
 
 
 def scale_loss_for_replicas(loss):

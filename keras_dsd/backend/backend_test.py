@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_dsd
 from keras_dsd import backend
 
 
@@ -120,3 +121,35 @@ def test_move_averages_is_decay_times_average_plus_rest_times_weight(dtype):
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(keras.ops.cast(weight, "float32")), w
         )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.compile's settings"
+)
+def test_compiled_training_raises_dynamos_recompile_limit(monkeypatch):
+    import torch._dynamo
+
+    from keras_dsd.testing import test_utils
+
+    config = torch._dynamo.config
+    monkeypatch.setattr(config, "recompile_limit", 8)
+    monkeypatch.setattr(config, "accumulated_recompile_limit", 256)
+    model = keras_dsd.models.DSDImageGenerator(
+        backbone=test_utils.tiny_backbone(), seed=0
+    )
+    # Eager: left alone.
+    model.compile(jit_compile=False)
+    assert config.recompile_limit == 8
+    # Compiled: room for a version of a frame per Dense of the blocks (six
+    # in each block of the network, teacher and EMA copies), which also
+    # covers a block's own frames per instance and gradient mode.
+    backbones = [model.backbone, model.teacher_backbone, model.ema_backbone]
+    blocks = sum(len(b.transformer_blocks) for b in backbones)
+    assert blocks == 3 * test_utils.TINY_CONFIG["num_layers"]
+    model.compile(jit_compile=True)
+    assert config.recompile_limit >= 6 * blocks
+    assert config.accumulated_recompile_limit == 256
+    # Never lowered.
+    monkeypatch.setattr(config, "recompile_limit", 10_000)
+    model.compile(jit_compile=True)
+    assert config.recompile_limit == 10_000

@@ -357,6 +357,28 @@ def default_jit_compile():
     return False
 
 
+def prepare_compiled_training(model):
+    """Lets `torch.compile` compile every layer of `model` (`compile(...,
+    jit_compile=True)`).
+
+    Dynamo compiles a Keras layer's frames once per layer instance (its
+    guards check each instance's name scope) and per gradient mode, and
+    after `torch._dynamo.config.recompile_limit` versions of a frame (8
+    by default) runs that frame eagerly from then on: in a DSD step, whose
+    network, teacher and EMA copies hold several instances of each block,
+    most blocks ran uncompiled (docs/speed.md). The limit, a process-wide
+    setting, is raised to the number of layers in `model`, never lowered.
+    """
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    layers = len(list(model._flatten_layers()))
+    config.recompile_limit = max(config.recompile_limit, layers)
+    config.accumulated_recompile_limit = max(
+        config.accumulated_recompile_limit, layers
+    )
+
+
 def scale_loss_for_replicas(loss):
     return loss
 

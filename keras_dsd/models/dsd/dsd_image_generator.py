@@ -30,6 +30,7 @@ from keras_dsd import samplers
 from keras_dsd.backend import compile_inference_function
 from keras_dsd.backend import default_jit_compile
 from keras_dsd.backend import gather_replicas
+from keras_dsd.backend import prepare_compiled_training
 from keras_dsd.backend import replica_id
 from keras_dsd.backend import scale_loss_for_replicas
 from keras_dsd.backend import train_step_with_updates
@@ -261,7 +262,10 @@ class DSDImageGenerator(keras.Model):
             jit_compile: `"auto"` compiles with XLA on JAX and TensorFlow
                 (not under a multi-replica strategy on CPU devices, where
                 XLA fails) and runs PyTorch eagerly (`torch.compile` is slow
-                to start).
+                to start). `True` on PyTorch is `torch.compile`, with
+                Dynamo's recompile limit raised to the model's number of
+                layers so that every layer compiles
+                (`keras_dsd.backend.prepare_compiled_training`).
             **kwargs: passed to `keras.Model.compile`. No `loss` is needed:
                 the DSD objective is built in.
         """
@@ -276,6 +280,8 @@ class DSDImageGenerator(keras.Model):
             )
         if jit_compile == "auto":
             jit_compile = default_jit_compile()
+        if jit_compile:
+            prepare_compiled_training(self)
         optimizer = keras.optimizers.get(optimizer)
         if (
             self.backbone.dtype_policy.name == "mixed_float16"
