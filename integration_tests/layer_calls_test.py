@@ -1,27 +1,15 @@
 """benchmarks/layer_calls.py: its count of layer calls, and its backend."""
 
-import importlib.util
-import os
 import sys
 
 import keras
 import numpy as np
 import pytest
 
-BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
-
 
 @pytest.fixture(scope="module")
-def layer_calls():
-    sys.path.insert(0, BENCHMARKS)  # its own imports: machine.py
-    try:
-        path = os.path.join(BENCHMARKS, "layer_calls.py")
-        spec = importlib.util.spec_from_file_location("layer_calls", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(BENCHMARKS)
+def layer_calls(load_benchmark):
+    return load_benchmark("layer_calls")
 
 
 class TwoDense(keras.layers.Layer):

@@ -1,7 +1,5 @@
 """benchmarks/train_throughput.py: what `--fit` times, and its arguments."""
 
-import importlib.util
-import os
 import sys
 
 import keras
@@ -10,20 +8,10 @@ import pytest
 import keras_dsd
 from keras_dsd.testing import test_utils
 
-BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
-
 
 @pytest.fixture(scope="module")
-def train_throughput():
-    sys.path.insert(0, BENCHMARKS)  # its own imports: machine.py
-    try:
-        path = os.path.join(BENCHMARKS, "train_throughput.py")
-        spec = importlib.util.spec_from_file_location("train_throughput", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(BENCHMARKS)
+def train_throughput(load_benchmark):
+    return load_benchmark("train_throughput")
 
 
 def test_fit_seconds_times_one_epoch_of_the_given_steps(train_throughput):
