@@ -44,15 +44,12 @@ def count_layer_calls(model, images, labels):
     return calls
 
 
-def median_seconds(fn, calls, rounds):
-    """The median over `rounds` of the mean time of `calls` calls."""
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
+def mean_seconds(fn, calls):
+    """The mean time of `calls` calls of `fn`."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
 
 
 def main():
@@ -93,13 +90,12 @@ def main():
     dense.build(x.shape)
     through_keras, call_only, step = [], [], []
     for _ in range(args.rounds):
-        through_keras.append(median_seconds(lambda: dense(x), 200, 1))
-        call_only.append(median_seconds(lambda: dense.call(x), 200, 1))
+        through_keras.append(mean_seconds(lambda: dense(x), 200))
+        call_only.append(mean_seconds(lambda: dense.call(x), 200))
         step.append(
-            median_seconds(
+            mean_seconds(
                 lambda: model.train_on_batch(images, labels),
                 max(1, args.steps // args.rounds),
-                1,
             )
         )
     through_keras = statistics.median(through_keras)
