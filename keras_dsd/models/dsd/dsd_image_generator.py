@@ -189,7 +189,7 @@ class DSDImageGenerator(keras.Model):
 
         # === Networks ===
         self.backbone = backbone
-        uses_teacher = objectives.USES_TARGET_LATENT[objective]
+        uses_teacher = objectives.get(objective).uses_target_latent
         self.teacher_backbone = (
             ema.frozen_copy(backbone, "teacher_backbone")
             if uses_teacher and teacher == "ema"
@@ -391,7 +391,7 @@ class DSDImageGenerator(keras.Model):
             objectives.noisy_latents(online, noise, t), t, labels
         )
         target = None
-        if objectives.USES_TARGET_LATENT[self.objective]:
+        if objectives.get(self.objective).uses_target_latent:
             if self.teacher_backbone is not None:
                 target = self.teacher_backbone.encode(clean)
             else:

@@ -16,9 +16,10 @@ it equal to the velocity loss (the identity
 
 Each mode is one `Objective` record in `OBJECTIVES`: what the network
 predicts, whether the mode reads a separate (stop-gradient) target latent,
-and its per-example loss term. To add a mode, add one entry to the table;
-the task, the samplers and the scripts' `--objective` choices read it from
-there.
+and its per-example loss term. To add a mode, add one entry to the table:
+the task reads it (at call time) to build the loss and to turn the network
+output into the velocity that the samplers integrate, and the scripts'
+`--objective` choices list its names. The samplers only see that velocity.
 """
 
 import dataclasses
@@ -76,14 +77,6 @@ OBJECTIVES = {
         Objective("decoupled", VELOCITY, True, _decoupled_loss),
         Objective("dsd", CLEAN_LATENT, True, _dsd_loss),
     )
-}
-
-# Views of the table, kept for readers of the earlier module constants.
-USES_TARGET_LATENT = {
-    name: o.uses_target_latent for name, o in OBJECTIVES.items()
-}
-PREDICTS_CLEAN_LATENT = {
-    name: o.output == CLEAN_LATENT for name, o in OBJECTIVES.items()
 }
 
 

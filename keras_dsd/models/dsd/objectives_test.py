@@ -120,16 +120,13 @@ def test_velocity_from_prediction():
 
 def test_mode_tables_match_the_design():
     assert list(objectives.OBJECTIVES) == ["naive", "decoupled", "dsd"]
-    assert objectives.USES_TARGET_LATENT == {
-        "naive": False,
-        "decoupled": True,
-        "dsd": True,
-    }
-    assert objectives.PREDICTS_CLEAN_LATENT == {
-        "naive": False,
-        "decoupled": False,
-        "dsd": True,
-    }
+    records = objectives.OBJECTIVES.values()
+    assert [o.uses_target_latent for o in records] == [False, True, True]
+    assert [o.output for o in records] == [
+        objectives.VELOCITY,
+        objectives.VELOCITY,
+        objectives.CLEAN_LATENT,
+    ]
 
 
 # === (b) Where gradients flow ===
@@ -283,6 +280,33 @@ def test_a_new_mode_is_one_table_entry(monkeypatch):
         v, (z_hat - z_t) / (1 - t[:, None, None]), rtol=1e-4, atol=1e-5
     )
     assert objectives.check_objective("unweighted") == "unweighted"
+
+
+def test_the_task_reads_a_mode_registered_at_run_time(monkeypatch):
+    # A mode added to the table after import: the task builds its teacher
+    # and its loss from the record. The loss is the mean square of the
+    # teacher's latent, and the latent LayerNorm (no scale, no centre)
+    # gives every token zero mean and unit variance over its channels, so
+    # the loss is 1 (up to the norm's epsilon) whatever the weights are.
+    from keras_dsd.models.dsd.dsd_image_generator import DSDImageGenerator
+
+    record = objectives.Objective(
+        "target_power",
+        objectives.CLEAN_LATENT,
+        True,
+        lambda p, online, target, noise, t, t_min: keras.ops.mean(
+            keras.ops.square(target), axis=(1, 2)
+        ),
+    )
+    monkeypatch.setitem(objectives.OBJECTIVES, "target_power", record)
+    backbone = test_utils.randomize_weights(test_utils.tiny_backbone())
+    model = DSDImageGenerator(backbone, objective="target_power")
+    assert model.teacher_backbone is not None
+    images = test_utils.random_images(4)
+    labels = test_utils.random_labels(4)
+    model.compute_loss(images, labels)
+    diffusion_loss = test_utils.to_numpy(model.diffusion_loss_tracker.result())
+    np.testing.assert_allclose(diffusion_loss, 1.0, rtol=1e-4)
 
 
 def test_unknown_objective_is_refused():
