@@ -33,11 +33,18 @@ def test_old_preset_loads_with_its_weights(expected):
     assert backbone.count_params() == 12792
 
 
-def test_old_keras_file_loads_and_continues_the_warmup(expected):
+def test_old_keras_file_loads(expected):
     model = keras.saving.load_model(os.path.join(OLD, "model.keras"))
     _check_outputs(model, expected)
-    if keras.backend.backend() != "jax":
-        return  # optimizer state loads only under the backend that wrote it
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="the file's optimizer state was written under JAX and loads only "
+    "under the backend that wrote it",
+)
+def test_old_keras_file_continues_the_warmup():
+    model = keras.saving.load_model(os.path.join(OLD, "model.keras"))
     # The file's optimizer made 2 updates; the EMA warm-up continues from
     # there instead of restarting at 0.
     images = test_utils.random_images(4, image_size=8)
