@@ -59,8 +59,8 @@ class RoleEmbedding(keras.layers.Layer):
     read.
 
     Args:
-        num_roles: int. Number of roles. Defaults to `3`.
         hidden_dim: int. Output width.
+        num_roles: int. Number of roles. Defaults to `3`.
     """
 
     def __init__(self, hidden_dim, num_roles=3, **kwargs):
