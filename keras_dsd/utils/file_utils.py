@@ -2,7 +2,7 @@
 
 import json
 import os
-import tempfile
+import secrets
 
 
 def atomic_write(path, write_fn):
@@ -12,16 +12,17 @@ def atomic_write(path, write_fn):
     keeps the full extension of `path` (Keras insists on `.weights.h5`). A
     crash leaves at most a `.tmp-*` file, never a partial file under `path`;
     an existing file at `path` stays intact until the new one is complete.
-    Parent folders are created. Returns `path`.
+    Parent folders are created. The file's mode follows the user's umask,
+    as for any file that `open` creates. Returns `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     name = os.path.basename(path)
     suffix = "." + name.split(".", 1)[1] if "." in name else ""
-    handle, tmp_path = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=suffix
-    )
-    os.close(handle)
+    # `os.open` with mode 0o666 applies the umask (`tempfile.mkstemp`
+    # would make the file 0o600 whatever the umask is).
+    tmp_path = os.path.join(directory, f".tmp-{secrets.token_hex(8)}{suffix}")
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write_fn(tmp_path)
         os.replace(tmp_path, path)

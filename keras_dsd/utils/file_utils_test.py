@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_dsd.utils import file_utils
+from keras_dsd.utils import image_grid
 
 
 def test_write_json_round_trip_and_newline(tmp_path):
@@ -20,6 +21,24 @@ def test_write_json_default_serialises_other_objects(tmp_path):
     path = tmp_path / "metrics.json"
     file_utils.write_json(str(path), {"x": np.float32(0.5)}, default=float)
     assert json.loads(path.read_text()) == {"x": 0.5}
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002], ids=oct)
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_written_files_follow_the_umask(tmp_path, umask):
+    # As `open` would create them: 0o666 without the umask's bits.
+    expected = 0o666 & ~umask
+    json_path = file_utils.write_json(str(tmp_path / "metrics.json"), {})
+    png_path = image_grid.save_image_grid(
+        np.zeros((2, 4, 4, 3), "uint8"), str(tmp_path / "grid.png"), rows=1
+    )
+    for path in (json_path, png_path):
+        assert os.stat(path).st_mode & 0o777 == expected, oct(expected)
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
