@@ -270,8 +270,9 @@ class DSDBackboneKerasHubTest(TestCase):
     def test_backbone_basics(self):
         # keras-hub's precision check asserts that every sublayer computes
         # in the policy's dtype; the latent LayerNorm, the adaLN norms and
-        # the timestep sinusoid stay float32 by design (DESIGN.md section
-        # 2), so it cannot apply: `test_mixed_precision` and
+        # the timestep sinusoid stay float32 by design (for stable
+        # statistics under mixed precision), so it cannot apply:
+        # `test_mixed_precision` and
         # `test_intended_dtypes_under_mixed_precision` check the intended
         # dtypes instead.
         self.run_backbone_test(

@@ -55,7 +55,8 @@ def test_hand_count_of_the_tiny_config():
 def test_accepts_a_backbone_and_a_preset_config():
     backbone = DSDBackbone(**TINY_CONFIG)
     assert dsd_flops.training_step_flops(backbone) == 372736
-    # dsd_s at 256 px: the ~141 GFLOP per image quoted in issue 12.
+    # dsd_s at 256 px: about 141 GFLOP per training image, the count the
+    # MFU figures of benchmarks/train_throughput.py divide by.
     flops = dsd_flops.training_step_flops(presets["dsd_s"]["config"])
     assert 140e9 < flops < 142e9
 

@@ -1009,7 +1009,7 @@ def _pinned_variables(model):
 
 def _independent_loss(model, images, objective, labels):
     """The loss written out from the backbone's encode / decode / denoise
-    calls and `keras.ops`, as DESIGN.md states it."""
+    calls and `keras.ops`, as docs/method.md states it."""
     ops = keras.ops
     x = ops.convert_to_tensor(images.astype("float32") / 127.5 - 1.0)
     t = ops.convert_to_tensor(PIN_TIMES)[:, None, None]
