@@ -37,8 +37,7 @@ def dot_product_attention(query, key, value):
       dividing the logits made XLA write the constant and the
       denominator to memory broadcast to the logits' full shape, forward
       and backward (one dsd_s-shaped attention call, forward and
-      backward: median 82-94 -> 62-66 ms, `benchmarks/attention_step.py`;
-      docs/speed.md).
+      backward: median 82-94 -> 62-66 ms; docs/speed.md).
 
     Exponentials, sums and the division in float32, as
     `jax.nn.dot_product_attention`'s softmax.
