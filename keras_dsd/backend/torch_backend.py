@@ -384,20 +384,63 @@ def scale_loss_for_replicas(loss):
     return loss
 
 
-def setup_data_parallel(devices, tpu, multi_host):
-    """One process per device under `torchrun`: initialises the process
-    group (NCCL on CUDA, else gloo) from `WORLD_SIZE`. Returns the fields
-    of a `DataParallelContext`."""
+# What `torchrun` sets for each process.
+PROCESS_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+def initialize_processes(multi_host=False):
+    """Joins the process group that `torchrun` describes, if any.
+
+    `WORLD_SIZE`, `RANK` and `LOCAL_RANK` (set by `torchrun`, on one node or
+    several) select it; `MASTER_ADDR`/`MASTER_PORT` say where to meet.
+    NCCL on CUDA (each process on GPU `LOCAL_RANK`), else gloo.
+    `multi_host` is for JAX and ignored. Returns `(num_processes,
+    process_index)`.
+    """
     import torch.distributed as dist
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    given = {k: os.environ.get(k) for k in PROCESS_VARIABLES}
+    world_size = _int_variable("WORLD_SIZE", 1) if given["WORLD_SIZE"] else 1
+    if world_size == 1:
+        return 1, 0
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ValueError(
+                f"WORLD_SIZE={world_size} but {name} is not set: launch the "
+                f"processes with `torchrun`, which sets RANK, LOCAL_RANK, "
+                f"MASTER_ADDR and MASTER_PORT."
+            )
+    rank = _int_variable("RANK", 0)
+    if rank >= world_size:
+        raise ValueError(
+            f"RANK={rank} is out of range for WORLD_SIZE={world_size}: "
+            f"expected 0 to {world_size - 1}."
+        )
+    if torch.cuda.is_available():
+        torch.cuda.set_device(_int_variable("LOCAL_RANK", 0))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _int_variable(name, minimum):
+    value = os.environ[name]
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{name}={value!r} is not an integer >= {minimum}.")
+    return number
+
+
+def setup_data_parallel(devices, tpu, multi_host):
+    """One process per device under `torchrun` (`initialize_processes`).
+    Returns the fields of a `DataParallelContext`."""
+    world_size, rank = initialize_processes(multi_host)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "num_replicas": world_size,
@@ -408,6 +451,45 @@ def setup_data_parallel(devices, tpu, multi_host):
             + (", gradient all-reduce" if world_size > 1 else "")
         ),
     }
+
+
+def process_values(value):
+    """`value` (a number) of every process, as a list in process order."""
+    import torch.distributed as dist
+
+    group = _process_group()
+    if group is None or group[1] == 1:
+        return [value]
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    mine = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    pieces = [torch.empty_like(mine) for _ in range(group[1])]
+    dist.all_gather(pieces, mine)
+    return [float(p.item()) for p in pieces]
+
+
+def mean_over_processes(logs):
+    """The mean over processes of each logged value (each process's
+    metrics average its own shard; the shards are the same size, so the
+    mean of the means is the global batch's mean). One all-reduce."""
+    import torch.distributed as dist
+
+    group = _process_group()
+    if group is None or group[1] == 1 or not logs:
+        return logs
+    keys = sorted(logs)
+    values = torch.stack(
+        [
+            torch.as_tensor(
+                keras.ops.convert_to_numpy(logs[k]), dtype=torch.float64
+            ).reshape(())
+            for k in keys
+        ]
+    )
+    if dist.get_backend() == "nccl":
+        values = values.cuda()
+    dist.all_reduce(values)
+    values = (values / group[1]).cpu()
+    return {k: float(v) for k, v in zip(keys, values)}
 
 
 def gather_replicas(x):

@@ -78,13 +78,26 @@ class DataParallelContext:
 
     @property
     def data_shards(self):
-        """How many slices of the data stream the processes read.
+        """How many slices of the data stream the processes read: one per
+        process, each read (and decoded) by its process only. A single
+        process passes the global stream to `fit`, which splits it across
+        its devices."""
+        return self.num_processes
 
-        PyTorch processes each read their own shard. With JAX (multi-host
-        included) and TensorFlow every process passes the global stream to
-        `fit`, which splits it (Keras' `auto_shard_dataset`).
-        """
-        return self.num_processes if self.backend == "torch" else 1
+    def distribute_dataset(self, dataset):
+        """This process's dataset (its shard, `per_process_batch_size`
+        images per batch) as `fit`'s input (TensorFlow multi-worker: a
+        `tf.distribute` dataset of per-replica batches)."""
+        return backend.distribute_dataset(dataset, self.num_replicas)
+
+    def process_values(self, value):
+        """`value` (a number) of every process, in process order; a
+        collective that every process must call (`keras_dsd.backend`)."""
+        return backend.process_values(value)
+
+    def barrier(self):
+        """Returns once every process has reached it."""
+        self.process_values(0)
 
     def per_process_batch_size(self, global_batch_size):
         """The batch size of this process's dataset; checks that the
@@ -107,6 +120,10 @@ class DataParallelContext:
                 in buckets of about this many MiB, overlapped with the
                 backward pass (DistributedDataParallel's default, 25).
         """
+        if self.backend == "tensorflow" and self.num_processes > 1:
+            from keras_dsd.backend import tensorflow_backend
+
+            tensorflow_backend.prepare_multi_worker_model(model)
         if self.backend != "torch" or self.num_processes == 1:
             return model
         from keras_dsd.backend import torch_backend
