@@ -45,6 +45,9 @@ from keras_dsd.utils import distribution  # noqa: E402
 
 GLOBAL_BATCH = 4
 STEPS = 2
+# `DSD_TEST_GRAD_ACCUM=2`: both runs accumulate the gradients of 2 batches
+# per update (PyTorch processes then all-reduce only on the update).
+GRAD_ACCUM = int(os.environ.get("DSD_TEST_GRAD_ACCUM", "1"))
 
 
 def make_model():
@@ -54,7 +57,12 @@ def make_model():
     model = test_utils.deterministic_generator(
         backbone, teacher_decay=0.5, ema_decay=0.9, seed=0
     )
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.02))
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate=0.02,
+            gradient_accumulation_steps=GRAD_ACCUM if GRAD_ACCUM > 1 else None,
+        )
+    )
     return model
 
 
@@ -154,6 +162,10 @@ def main(output_path):
         "single_latent": single_latent,
         "multi_latent": multi_latent,
     }
+    hooks = getattr(multi, "_gradient_hooks", None)
+    if hooks is not None:
+        summary["buckets"] = len(hooks.buckets)
+        summary["all_reduces"] = hooks.all_reduces
     if context.is_chief:
         with open(output_path, "w") as f:
             json.dump(summary, f, indent=2)

@@ -87,6 +87,29 @@ def test_two_processes_match_one_process(tmp_path):
     _check(summary)
 
 
+@pytest.mark.skipif(
+    BACKEND != "torch", reason="PyTorch's own gradient all-reduce"
+)
+def test_accumulation_all_reduces_once_per_update(tmp_path):
+    # 2 batches of 4, 2 per update: one update, whose gradient is the mean
+    # over both processes and both micro-batches, after one all-reduce of
+    # each gradient bucket (the first micro-batch communicates nothing).
+    out = tmp_path / "summary.json"
+    results = multi_process.launch(
+        BACKEND,
+        WORKER,
+        [str(out)],
+        timeout=600,
+        env={"DSD_TEST_GRAD_ACCUM": "2"},
+    )
+    for code, output in results:
+        assert code == 0, output[-3000:]
+    summary = json.loads(out.read_text())
+    _check(summary)
+    assert summary["buckets"] > 1, summary
+    assert summary["all_reduces"] == summary["buckets"], summary
+
+
 @pytest.mark.large
 def test_a_dying_process_stops_the_other(tmp_path):
     # Process 1 exits after step 2 of 200; process 0 must fail (an error

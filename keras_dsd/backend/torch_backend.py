@@ -239,10 +239,21 @@ def broadcast_variables(variables, source=0):
             dist.broadcast(variable.value.data, src=source)
 
 
-def average_gradients_across_processes(variables, bucket_cap_mb=25.0):
+def average_gradients_across_processes(
+    variables, bucket_cap_mb=25.0, optimizer=None
+):
     """Makes `backward()` leave the process-average gradient in each
     variable, as DistributedDataParallel does, so that Keras' own
     `train_step` and optimizer apply the same update on every process.
+
+    With `optimizer` (a Keras optimizer with `gradient_accumulation_steps`)
+    the micro-batches that only accumulate communicate nothing, as under
+    DistributedDataParallel's `no_sync()`: each process accumulates its own
+    gradients, and the micro-batch that updates the weights all-reduces
+    `accumulated + gradient` and leaves `mean - accumulated` in each
+    gradient, so that the optimizer's `(gradient + accumulated) / steps`
+    is the average over processes and micro-batches. One all-reduce per
+    update instead of one per micro-batch.
 
     Gradients are grouped in buckets of about `bucket_cap_mb` MiB, in the
     reverse of the variables' order (about the order backward produces
@@ -253,7 +264,7 @@ def average_gradients_across_processes(variables, bucket_cap_mb=25.0):
     the collectives match. Returns a `GradientBuckets` (`.remove()` undoes
     it).
     """
-    return GradientBuckets(variables, bucket_cap_mb)
+    return GradientBuckets(variables, bucket_cap_mb, optimizer)
 
 
 class GradientBuckets:
@@ -262,10 +273,10 @@ class GradientBuckets:
 
     `seconds_waiting` accumulates the time the end of `backward()` spent
     waiting for all-reduces still in flight: the communication the backward
-    pass did not hide.
+    pass did not hide; `all_reduces` counts the buckets all-reduced.
     """
 
-    def __init__(self, variables, bucket_cap_mb=25.0):
+    def __init__(self, variables, bucket_cap_mb=25.0, optimizer=None):
         import torch.distributed as dist
 
         if not bucket_cap_mb > 0:
@@ -273,7 +284,17 @@ class GradientBuckets:
                 f"bucket_cap_mb must be > 0 MiB, got {bucket_cap_mb!r}."
             )
         self.world_size = dist.get_world_size()
+        variables = list(variables)
         parameters = [v.value for v in variables]
+        # No-sync micro-batches need the optimizer's accumulators, which a
+        # loss-scaling wrapper holds unscaled (then: sync every batch).
+        steps = getattr(optimizer, "gradient_accumulation_steps", None)
+        if steps and not hasattr(optimizer, "inner_optimizer"):
+            self.optimizer = optimizer
+            self.variable_of = {id(v.value): v for v in variables}
+        else:
+            self.optimizer = None
+        self.all_reduces = 0
         self.buckets = []
         current, size = [], 0
         for parameter in reversed(parameters):
@@ -299,6 +320,25 @@ class GradientBuckets:
         self.next_bucket = 0
         self.in_flight = []
         self.callback_queued = False
+        self.sync = True
+
+    def _is_update_step(self):
+        """Whether the optimizer applies its update after this backward
+        pass (every micro-batch without gradient accumulation); the same
+        answer on every process, which all count the same micro-batches."""
+        optimizer = self.optimizer
+        if optimizer is None:
+            return True
+        steps = optimizer.gradient_accumulation_steps
+        done = int(keras.ops.convert_to_numpy(optimizer._iterations))
+        return (done + 1) % steps == 0
+
+    def _accumulated(self, parameter):
+        if self.optimizer is None or not self.optimizer.built:
+            return None
+        variable = self.variable_of[id(parameter)]
+        index = self.optimizer._get_variable_index(variable)
+        return self.optimizer._accumulated_gradients[index].value
 
     def _on_gradient(self, parameter):
         if not self.callback_queued:
@@ -306,6 +346,9 @@ class GradientBuckets:
                 self._finish
             )
             self.callback_queued = True
+            self.sync = self._is_update_step()
+        if not self.sync:
+            return  # no_sync: this micro-batch only accumulates
         self.ready[self.bucket_of[id(parameter)]] += 1
         # Start buckets strictly in order, so every process issues the
         # same sequence of collectives.
@@ -322,11 +365,23 @@ class GradientBuckets:
         for parameter in bucket:
             if parameter.grad is None:  # unused in this step
                 parameter.grad = torch.zeros_like(parameter)
-        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        pieces = []
+        with torch.no_grad():
+            for parameter in bucket:
+                piece = parameter.grad.reshape(-1)
+                accumulated = self._accumulated(parameter)
+                if accumulated is not None:
+                    piece = piece + accumulated.reshape(-1)
+                pieces.append(piece)
+        flat = torch.cat(pieces)
         work = dist.all_reduce(flat, async_op=True)
+        self.all_reduces += 1
         self.in_flight.append((bucket, flat, work))
 
     def _finish(self):
+        if not self.sync:
+            self._reset()
+            return
         # Buckets with an unused parameter never filled: start them now.
         while self.next_bucket < len(self.buckets):
             self._start(self.next_bucket)
@@ -339,9 +394,12 @@ class GradientBuckets:
                 offset = 0
                 for parameter in bucket:
                     count = parameter.numel()
-                    parameter.grad.copy_(
-                        flat[offset : offset + count].view_as(parameter)
-                    )
+                    mean = flat[offset : offset + count].view_as(parameter)
+                    accumulated = self._accumulated(parameter)
+                    if accumulated is not None:
+                        # The optimizer adds its own accumulator back.
+                        mean = mean - accumulated
+                    parameter.grad.copy_(mean)
                     offset += count
         self.seconds_waiting += time.perf_counter() - start
         self._reset()

@@ -132,7 +132,9 @@ class DataParallelContext:
         if getattr(model, "_gradient_hooks", None) is None:
             model._gradient_hooks = (
                 torch_backend.average_gradients_across_processes(
-                    model.trainable_variables, bucket_cap_mb
+                    model.trainable_variables,
+                    bucket_cap_mb,
+                    optimizer=model.optimizer,
                 )
             )
         return model
