@@ -435,7 +435,7 @@ def agreed_state(context, checkpoint_dir):
         raise ValueError(
             f"The processes found different checkpoints in {checkpoint_dir} "
             f"(step {found}): --output-dir must be one folder that every "
-            f"process sees (a shared filesystem or gs://)."
+            f"process sees (a shared filesystem)."
         )
     return state
 
