@@ -5,34 +5,43 @@ context = keras_dsd.utils.distribution.setup_data_parallel()
 with context.scope():
     model = keras_dsd.models.DSDImageGenerator(backbone)
     model.compile()
-context.prepare_model(model)
 dataset = folder.as_dataset(
     image_size, context.per_process_batch_size(global_batch_size),
-    num_shards=context.data_shards,
-    shard_index=context.process_index if context.data_shards > 1 else 0,
+    num_shards=context.data_shards, shard_index=context.process_index,
 )
+dataset = context.distribute_dataset(dataset)
+context.prepare_model(model)
 model.fit(dataset, ...)
 ```
 
-- JAX: `keras.distribution.DataParallel` over every device the process sees
-  (GPUs, TPU cores, or `--xla_force_host_platform_device_count` CPUs); one
-  jitted program runs the global batch, sharded along the batch axis.
-  Multi-host TPU pods call `keras.distribution.initialize()` first
-  (`multi_host=True`).
+Several processes (nodes, TPU hosts, one process per GPU) start from each
+launcher's own settings: `torchrun`'s `WORLD_SIZE`/`RANK`/`LOCAL_RANK`,
+Keras' `KERAS_DISTRIBUTION_*` variables for JAX (or `multi_host=True` on a
+TPU pod), a `TF_CONFIG` worker cluster for TensorFlow
+(`initialize_processes` of each `keras_dsd.backend` module). Each process
+reads and decodes only its own shard of every global batch
+(`per_process_batch_size` images).
+
+- JAX: `keras.distribution.DataParallel` over every device of every
+  process (GPUs, TPU cores, or `--xla_force_host_platform_device_count`
+  CPUs); one jitted program runs the global batch, sharded along the batch
+  axis, assembled from the processes' shards.
 - TensorFlow: `tf.distribute.TPUStrategy` when a TPU is found,
+  `MultiWorkerMirroredStrategy` under `TF_CONFIG`,
   `tf.distribute.MirroredStrategy` over several GPUs (or the logical
-  devices given), else the default strategy. Keras splits each global
-  batch across the replicas.
+  devices given), else the default strategy. In one process Keras splits
+  each global batch across the replicas.
 - PyTorch: under `torchrun`, one process per GPU (NCCL) or CPU (gloo).
   Keras' `fit` has no DistributedDataParallel, so `prepare_model`
   broadcasts the weights from process 0 and makes every `backward()`
   average the gradients across processes (bucketed all-reduces that
-  overlap the backward pass, as DistributedDataParallel does; a wrapper
-  DDP module would hide the Keras layers from `fit`); each process reads
-  its own shard of the data (`per_process_batch_size` images per step).
+  overlap the backward pass, as DistributedDataParallel does, skipped on
+  micro-batches that only accumulate; a wrapper DDP module would hide the
+  Keras layers from `fit`).
 
-The per-backend set-up code lives in `keras_dsd.backend`
-(`setup_data_parallel` of each backend module); this module only holds
+`process_values` and `barrier` coordinate the processes outside `fit`
+(the chief writes, the others wait; all agree on a checkpoint). The
+per-backend code lives in `keras_dsd.backend`; this module only holds
 what the three share.
 """
 
@@ -150,8 +159,10 @@ def setup_data_parallel(devices=None, tpu=None, multi_host=False):
         tpu: optional TPU name or address for TensorFlow's
             `TPUClusterResolver`; `"local"` on a TPU VM. Defaults to using a
             TPU only when the `TPU_NAME` environment variable is set.
-        multi_host: bool. JAX on a multi-host TPU pod or GPU cluster: call
-            `keras.distribution.initialize()` first. Defaults to `False`.
+        multi_host: bool. JAX: call `keras.distribution.initialize()` even
+            without `KERAS_DISTRIBUTION_*` variables (a TPU pod, where JAX
+            finds the hosts itself); with them it is called anyway.
+            Defaults to `False`.
 
     Returns:
         A `DataParallelContext`.
