@@ -212,3 +212,27 @@ def test_smoke_run_on_two_processes_then_resume(tmp_path):
     assert sorted(actual) == sorted(expected)
     for key, value in expected.items():
         np.testing.assert_allclose(actual[key], value, atol=1e-5, err_msg=key)
+
+
+def test_processes_that_find_different_checkpoints_stop(tmp_path):
+    # Process 0 finds the checkpoint of step 2; process 1 (simulated: an
+    # output directory it does not share) finds none.
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "ckpt-000000002.weights.h5").write_bytes(b"")
+    state = {"epoch": 1, "batches": 2, "weights": "ckpt-000000002.weights.h5"}
+    (checkpoints / "checkpoint.json").write_text(json.dumps(state))
+
+    class TwoProcesses:
+        def process_values(self, value):
+            return [value, -1.0]
+
+    example = load_example()
+    with pytest.raises(ValueError, match="process 0: 2, process 1: none"):
+        example.agreed_state(TwoProcesses(), str(checkpoints))
+
+    class Agreeing:
+        def process_values(self, value):
+            return [value, value]
+
+    assert example.agreed_state(Agreeing(), str(checkpoints)) == state
