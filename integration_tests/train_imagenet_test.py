@@ -187,9 +187,10 @@ def _launch_smoke(out, *extra):
 @pytest.mark.large
 def test_smoke_run_on_two_processes_then_resume(tmp_path):
     # The launch users run (torchrun / KERAS_DISTRIBUTION_* / TF_CONFIG),
-    # with no other flag: the chief writes one set of files.
+    # with no other flag: the chief writes one set of files. A time limit
+    # far away has the processes agree after every batch not to stop.
     whole = tmp_path / "whole"
-    _launch_smoke(whole)
+    _launch_smoke(whole, "--max-minutes", "600")
     with open(whole / "checkpoints" / "checkpoint.json") as f:
         assert json.load(f)["batches"] == 4
     for name in ("loop_00001.png", "loop_00002.png"):
