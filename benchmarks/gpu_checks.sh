@@ -8,6 +8,7 @@
 # then, on the GPU machine (carry .whl), from the repository root:
 #   bash benchmarks/gpu_checks.sh   # at most 600 s (run's limit)
 #   bash benchmarks/gpu_checks.sh --cpu-dry-run   # the same steps, tiny, CPU
+#   bash benchmarks/gpu_checks.sh --multi-process  # only the 2-process rows
 # Each step has its own timeout; a failed step is reported and the next
 # one runs. TensorFlow is not on the GPU image (and its wheel is larger
 # than what a call can carry), so there is no TensorFlow GPU timing.
@@ -28,6 +29,8 @@ fi
 
 DRY=0
 [ "${1:-}" = "--cpu-dry-run" ] && DRY=1
+ONLY_MP=0
+[ "${1:-}" = "--multi-process" ] && ONLY_MP=1
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -73,6 +76,7 @@ bench() {  # bench BACKEND BATCH [extra args]: the train_throughput command
     --warmup "$WARMUP" $MP "${@:3}"
 }
 
+if [ "$ONLY_MP" = 0 ]; then
 # Worst case, the limits add up to 600 s (one device call's limit); a
 # normal run is well inside. Sampling rides on the batch-32 runs, so that
 # it costs no second compilation of the training step.
@@ -99,4 +103,39 @@ if $PY -c "import tensorflow" 2>/dev/null; then
 else
   echo "=== tensorflow: not installed on this machine, no timing"
 fi
+fi
+
+# Multi-process (at most 480 s more: run it alone with --multi-process when
+# the rows above use the call's 600 s): examples/train_imagenet.py --smoke
+# as 2 processes, each launcher's own way (torchrun; KERAS_DISTRIBUTION_*
+# for JAX), one GPU per process. NCCL refuses two ranks on one GPU, so with fewer than 2 GPUs
+# (and in the dry run) the processes run on the CPU (gloo).
+NGPU=0
+[ "$DRY" = 0 ] && NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+MP_ENV=""
+[ "$NGPU" -lt 2 ] && MP_ENV="CUDA_VISIBLE_DEVICES= JAX_PLATFORMS=cpu"
+MP_DIR=$(mktemp -d)
+step "torch 2 processes (torchrun) smoke" 240 env $MP_ENV \
+  KERAS_BACKEND=torch $PY -m torch.distributed.run --standalone \
+  --nproc_per_node 2 examples/train_imagenet.py --smoke \
+  --output-dir "$MP_DIR/torch"
+jax_two_processes() {
+  local port=$((20000 + RANDOM % 20000)) pids="" rc=0 i
+  for i in 0 1; do
+    local gpu=""
+    [ "$NGPU" -ge 2 ] && gpu="CUDA_VISIBLE_DEVICES=$i"
+    env $MP_ENV $gpu KERAS_BACKEND=jax \
+      KERAS_DISTRIBUTION_JOB_ADDRESSES=127.0.0.1:$port \
+      KERAS_DISTRIBUTION_NUM_PROCESSES=2 KERAS_DISTRIBUTION_PROCESS_ID=$i \
+      $PY examples/train_imagenet.py --smoke --output-dir "$MP_DIR/jax" &
+    pids="$pids $!"
+  done
+  for i in $pids; do wait "$i" || rc=1; done
+  return $rc
+}
+export NGPU MP_ENV MP_DIR PY
+step "jax 2 processes (KERAS_DISTRIBUTION_*) smoke" 240 \
+  bash -c "$(declare -f jax_two_processes); jax_two_processes"
+ls "$MP_DIR"/*/samples "$MP_DIR"/*/checkpoints 2>/dev/null
+rm -rf "$MP_DIR"
 echo "=== done $(date -u +%H:%M:%S) UTC"

@@ -9,10 +9,15 @@ The same script runs on one GPU, several GPUs, TPUs or a CPU:
         examples/train_imagenet.py ...
     python examples/train_imagenet.py --smoke   # a few steps on made-up data
 
-JAX uses every local device through `keras.distribution.DataParallel`;
+JAX uses every device through `keras.distribution.DataParallel`;
 TensorFlow `MirroredStrategy` over its GPUs (`TPUStrategy` with `--tpu`);
-PyTorch one process per GPU under `torchrun`, each reading its data shard.
-The defaults are the recipe of the design notes (ImageNet 256x256,
+PyTorch one process per GPU under `torchrun`. Several processes (nodes,
+TPU hosts) start from each launcher's own settings, with no extra flag:
+`torchrun`'s `WORLD_SIZE`/`RANK`, JAX's `KERAS_DISTRIBUTION_*` variables
+(`--multi-host` on a TPU pod), TensorFlow's `TF_CONFIG`; each process
+reads and decodes only its shard of the data, and process 0 writes the
+files (`--output-dir` must be one folder that every process sees).
+The defaults are the library's `imagenet` recipe (ImageNet 256x256,
 class-conditional, 50 epochs, AdamW 1e-4, EMA teacher 0.999, sampling EMA
 0.9999, logit-normal times). Everything lands in `--output-dir`:
 
@@ -245,7 +250,9 @@ def parse_args(argv=None):
     run.add_argument(
         "--multi-host",
         action="store_true",
-        help="JAX: multi-host TPU pod or GPU cluster.",
+        help="JAX: start the multi-process runtime even without "
+        "KERAS_DISTRIBUTION_* variables (a TPU pod, where JAX finds the "
+        "hosts itself).",
     )
     run.add_argument(
         "--smoke",
@@ -313,10 +320,9 @@ def load_data(args, context, micro_batch, start_step):
         "seed": args.seed,
         "random_flip": True,
         "start_step": start_step,
-        # PyTorch processes read their own shards; Keras splits the global
-        # stream across JAX hosts itself.
+        # Each process reads (and decodes) only its own shard.
         "num_shards": context.data_shards,
-        "shard_index": context.process_index if context.data_shards > 1 else 0,
+        "shard_index": context.process_index,
     }
     per_process = context.per_process_batch_size(micro_batch)
     if args.source == "tfds":
@@ -333,7 +339,11 @@ def load_data(args, context, micro_batch, start_step):
             split="train",
             **kwargs,
         )
-        return dataset, IMAGENET_TRAIN_IMAGES, 1000
+        return (
+            context.distribute_dataset(dataset),
+            IMAGENET_TRAIN_IMAGES,
+            1000,
+        )
     if args.source == "imagenet-folder":
         folder = keras_dsd.datasets.imagenet_folder(
             args.data_dir, split="train", num_classes=args.num_classes
@@ -341,7 +351,11 @@ def load_data(args, context, micro_batch, start_step):
     else:
         folder = keras_dsd.datasets.ImageFolder(args.data_dir)
     dataset = folder.as_dataset(args.image_size, per_process, **kwargs)
-    return dataset, folder.num_images, folder.num_classes
+    return (
+        context.distribute_dataset(dataset),
+        folder.num_images,
+        folder.num_classes,
+    )
 
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -403,6 +417,29 @@ def check_output_dir(args, recipe):
             )
 
 
+def agreed_state(context, checkpoint_dir):
+    """The checkpoint every process resumes from (`None`: a new run).
+
+    Each process reads the shared `checkpoints/` folder; all must find the
+    same step, or the run stops before training with one error (the
+    output directory is not shared, or the chief was writing).
+    """
+    state = TrainingCheckpoint.read_state(checkpoint_dir)
+    mine = -1 if state is None else state["batches"]
+    steps = context.process_values(mine)
+    if len(set(steps)) > 1:
+        found = ", ".join(
+            f"process {i}: {'none' if s < 0 else int(s)}"
+            for i, s in enumerate(steps)
+        )
+        raise ValueError(
+            f"The processes found different checkpoints in {checkpoint_dir} "
+            f"(step {found}): --output-dir must be one folder that every "
+            f"process sees (a shared filesystem)."
+        )
+    return state
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -434,14 +471,15 @@ def train(args):
             f"divisible by the {context.num_replicas} devices "
             f"({context.description})."
         )
-    if args.smoke and context.is_chief:
-        make_smoke_folder(args.data_dir)
-
     # Where a previous run stopped: its data stream resumes at that step.
     checkpoint_dir = os.path.join(args.output_dir, "checkpoints")
-    state = TrainingCheckpoint.read_state(checkpoint_dir)
+    state = agreed_state(context, checkpoint_dir)
     done_loops = state["epoch"] if state else 0
     start_step = state["batches"] if state else 0
+    if args.smoke and context.is_chief:
+        make_smoke_folder(args.data_dir)
+    # The chief wrote the smoke data: the others read it after this.
+    context.barrier()
     dataset, num_images, data_classes = load_data(
         args, context, micro_batch, start_step
     )
@@ -470,8 +508,10 @@ def train(args):
         updates=updates,
         backend=keras.backend.backend(),
     )
+    # Every process checks (the folder is shared), so that all fail alike.
+    check_output_dir(args, recipe)
+    context.barrier()
     if context.is_chief:
-        check_output_dir(args, recipe)
         write_json(os.path.join(args.output_dir, "run_config.json"), recipe)
     if not context.is_chief:
         keras.config.disable_interactive_logging()
@@ -503,9 +543,23 @@ def train(args):
     ]
     if args.max_minutes:
         callbacks.append(keras_dsd.callbacks.TimeLimit(args.max_minutes))
+    classes = [c for c in SAMPLE_CLASSES if c < num_classes]
+    classes = classes or list(range(min(num_classes, 12)))
+    # Every process samples (the same computation over weights laid out
+    # across processes); the chief writes the grid.
+    callbacks.append(
+        keras_dsd.callbacks.SampleGrid(
+            os.path.join(args.output_dir, "samples", "loop_{epoch:05d}.png"),
+            class_labels=classes * 2,
+            rows=2,
+            every_n_epochs=args.sample_every,
+            num_steps=args.sample_steps,
+            seed=args.seed,
+            scale=max(1, 128 // args.image_size),
+            write=context.is_chief,
+        )
+    )
     if context.is_chief:
-        classes = [c for c in SAMPLE_CLASSES if c < num_classes]
-        classes = classes or list(range(min(num_classes, 12)))
         callbacks += [
             keras.callbacks.CSVLogger(
                 os.path.join(args.output_dir, "history.csv"), append=True
@@ -513,17 +567,6 @@ def train(args):
             # Thresholds relative to the run's first steps, on both the
             # effective rank (at most c - 1) and latent_std.
             keras_dsd.callbacks.LatentCollapseMonitor(),
-            keras_dsd.callbacks.SampleGrid(
-                os.path.join(
-                    args.output_dir, "samples", "loop_{epoch:05d}.png"
-                ),
-                class_labels=classes * 2,
-                rows=2,
-                every_n_epochs=args.sample_every,
-                num_steps=args.sample_steps,
-                seed=args.seed,
-                scale=max(1, 128 // args.image_size),
-            ),
         ]
         if importlib.util.find_spec("tensorboard"):
             callbacks.append(
@@ -547,7 +590,8 @@ def train(args):
     )
     seconds = time.time() - start
     if context.is_chief:
-        model.save_to_preset(os.path.join(args.output_dir, "preset"))
+        with keras_dsd.backend.writing_scope():
+            model.save_to_preset(os.path.join(args.output_dir, "preset"))
         final = TrainingCheckpoint.read_state(checkpoint_dir)
         steps = final["batches"] - start_step
         print(

@@ -175,39 +175,80 @@ for name, preset in keras_dsd.models.presets.items():
 The paper's totals are 42M, 118M and 205M for S, M and B; the presets land
 within 3% of them.
 
-## Launching: one GPU, many GPUs, TPUs
+## Launching: one GPU, many GPUs, many nodes, TPUs
 
-The script is the same on every backend; only the launch differs.
+The script is the same on every backend; only the launch differs, and it
+is each ecosystem's own: `torchrun` for PyTorch, Keras'
+`KERAS_DISTRIBUTION_*` variables for JAX, `TF_CONFIG` for TensorFlow. No
+extra flag is needed.
 
 ```shell
+# One node, 8 GPUs.
 # JAX: keras.distribution.DataParallel over every local device.
 KERAS_BACKEND=jax python examples/train_imagenet.py \\
     --data-dir /data/imagenet --preset dsd_s --mixed-precision bf16
-# JAX on a multi-host TPU pod slice: the same on every host, plus
-#   --multi-host
-
-# TensorFlow: MirroredStrategy over the GPUs; TPUStrategy with --tpu.
+# TensorFlow: MirroredStrategy over the GPUs.
 KERAS_BACKEND=tensorflow python examples/train_imagenet.py \\
     --data-dir /data/imagenet --mixed-precision bf16
-KERAS_BACKEND=tensorflow python examples/train_imagenet.py \\
-    --data-dir gs://bucket/imagenet --tpu local
-
-# PyTorch: one process per GPU under torchrun; each reads its data shard.
-KERAS_BACKEND=torch torchrun --nproc_per_node 8 \\
+# PyTorch: one process per GPU.
+KERAS_BACKEND=torch torchrun --standalone --nproc_per_node 8 \\
     examples/train_imagenet.py --data-dir /data/imagenet \\
     --mixed-precision bf16
+
+# 2 nodes x 8 GPUs (node0 reachable as 10.0.0.1 from both; run on each
+# node, with NODE=0 on the first and NODE=1 on the second).
+# PyTorch: 16 processes, NCCL.
+KERAS_BACKEND=torch torchrun --nnodes 2 --nproc_per_node 8 --rdzv-id dsd \\
+    --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29500 \\
+    examples/train_imagenet.py --data-dir /data/imagenet \\
+    --output-dir /shared/run --mixed-precision bf16
+# JAX: one process per node, each driving its 8 GPUs.
+KERAS_BACKEND=jax \\
+    KERAS_DISTRIBUTION_JOB_ADDRESSES=10.0.0.1:1234,10.0.0.2:1234 \\
+    KERAS_DISTRIBUTION_NUM_PROCESSES=2 KERAS_DISTRIBUTION_PROCESS_ID=$NODE \\
+    python examples/train_imagenet.py --data-dir /data/imagenet \\
+    --output-dir /shared/run --mixed-precision bf16
+# TensorFlow: one worker per node (MultiWorkerMirroredStrategy).
+KERAS_BACKEND=tensorflow TF_CONFIG='{"cluster": {"worker":
+    ["10.0.0.1:2222", "10.0.0.2:2222"]}, "task": {"type": "worker",
+    "index": '$NODE'}}' python examples/train_imagenet.py \\
+    --data-dir /data/imagenet --output-dir /shared/run --mixed-precision bf16
+
+# TPU pod slice: the same command on every host (gcloud ... tpu-vm ssh
+# --worker=all); JAX finds the hosts itself. /mnt/shared: a filesystem
+# mounted on every host (Filestore, NFS).
+KERAS_BACKEND=jax python examples/train_imagenet.py --multi-host \\
+    --data-dir /data/imagenet --output-dir /mnt/shared/run \\
+    --mixed-precision bf16
+# TensorFlow on a TPU VM: TPUStrategy.
+KERAS_BACKEND=tensorflow python examples/train_imagenet.py \\
+    --data-dir /data/imagenet --tpu local
 
 # TFDS instead of a folder: the tars in --manual-dir, built once.
 python examples/train_imagenet.py --source tfds \\
     --data-dir ~/tensorflow_datasets --manual-dir /data/imagenet_tars
 ```
 
-`--global-batch-size` is the batch of one optimizer update over all
-devices; the script checks that the devices divide it. The library's tests
-check, on 2 simulated devices per backend (host CPU devices for JAX,
-logical CPUs for TensorFlow, 2 gloo processes for PyTorch), that the loss
-and every weight after two updates match 1-device training on the same
-global batches to 1e-5.
+What the processes of a multi-node run share: `--output-dir` must be one
+folder that every process sees (a shared filesystem such as NFS or
+Filestore; `gs://` paths are not supported); process 0 writes the
+checkpoints, logs and sample grids, every process reads the checkpoint on a
+restart, and the run stops with an error if they find different ones. The
+data (`--data-dir`) may be a copy per node: each process reads and decodes
+only its own shard of each global batch. All processes sample the preview
+grids together (JAX runs one program over all processes), stop together
+(`--max-minutes` is agreed through a collective), and log the global batch's
+mean losses.
+
+`--global-batch-size` is the batch of one optimizer update over all devices;
+the script checks that the devices divide it. The library's tests check, on
+2 devices in one process (host CPU devices for JAX, logical CPUs for
+TensorFlow) and on 2 processes started as above (`torchrun`,
+`KERAS_DISTRIBUTION_*`, `TF_CONFIG`, on CPUs: gloo), that the loss and every
+weight after two updates match 1-device training on the same global batches
+to 5e-5, that `train_imagenet.py --smoke` runs to the end as 2 processes and
+resumes to the uninterrupted run's weights, and that a process that dies
+makes the others exit with an error.
 
 `--mixed-precision bf16` computes the transformer in bfloat16 and keeps
 float32 master weights, teacher and EMA, and float32 in the numerically

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 
+import keras
+import multi_process
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,6 +14,9 @@ from PIL import Image
 EXAMPLE = os.path.join(
     os.path.dirname(__file__), "..", "examples", "train_imagenet.py"
 )
+
+
+BACKEND = keras.backend.backend()
 
 
 def load_example():
@@ -150,3 +155,85 @@ def test_missing_data_dir_and_bad_flags(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             example.parse_args(bad)
         assert info.value.code == 2
+
+
+def _h5_arrays(path):
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, item: (
+                arrays.__setitem__(name, item[()])
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
+    return arrays
+
+
+def _launch_smoke(out, *extra):
+    results = multi_process.launch(
+        BACKEND,
+        EXAMPLE,
+        ["--smoke", "--output-dir", str(out), *extra],
+        timeout=600,
+    )
+    for code, output in results:
+        assert code == 0, output[-3000:]
+    return results
+
+
+@pytest.mark.large
+def test_smoke_run_on_two_processes_then_resume(tmp_path):
+    # The launch users run (torchrun / KERAS_DISTRIBUTION_* / TF_CONFIG),
+    # with no other flag: the chief writes one set of files. A time limit
+    # far away has the processes agree after every batch not to stop.
+    whole = tmp_path / "whole"
+    _launch_smoke(whole, "--max-minutes", "600")
+    with open(whole / "checkpoints" / "checkpoint.json") as f:
+        assert json.load(f)["batches"] == 4
+    for name in ("loop_00001.png", "loop_00002.png"):
+        with Image.open(whole / "samples" / name) as grid:
+            assert grid.mode == "RGB" and grid.size[0] > grid.size[1]
+    with open(whole / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert os.path.exists(whole / "preset" / "task.weights.h5")
+
+    # Stopped after its first loop's checkpoint, then run again for 4
+    # steps: both processes resume from step 2 and end with the weights
+    # of the uninterrupted run.
+    resumed = tmp_path / "resumed"
+    _launch_smoke(resumed, "--steps", "2")
+    _launch_smoke(resumed, "--steps", "4")
+    name = "ckpt-000000004.weights.h5"
+    expected = _h5_arrays(whole / "checkpoints" / name)
+    actual = _h5_arrays(resumed / "checkpoints" / name)
+    assert sorted(actual) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(actual[key], value, atol=1e-5, err_msg=key)
+
+
+def test_processes_that_find_different_checkpoints_stop(tmp_path):
+    # Process 0 finds the checkpoint of step 2; process 1 (simulated: an
+    # output directory it does not share) finds none.
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "ckpt-000000002.weights.h5").write_bytes(b"")
+    state = {"epoch": 1, "batches": 2, "weights": "ckpt-000000002.weights.h5"}
+    (checkpoints / "checkpoint.json").write_text(json.dumps(state))
+
+    class TwoProcesses:
+        def process_values(self, value):
+            return [value, -1.0]
+
+    example = load_example()
+    with pytest.raises(ValueError, match="process 0: 2, process 1: none"):
+        example.agreed_state(TwoProcesses(), str(checkpoints))
+
+    class Agreeing:
+        def process_values(self, value):
+            return [value, value]
+
+    assert example.agreed_state(Agreeing(), str(checkpoints)) == state

@@ -42,7 +42,20 @@
   number of layers (Dynamo compiles Keras layers once per instance, and
   past the limit ran most blocks eagerly).
 - `setup_data_parallel(...)`: each backend's data-parallel set-up, for
-  `keras_dsd.utils.distribution`.
+  `keras_dsd.utils.distribution`, after `initialize_processes` of the
+  backend's module has joined the processes its launcher describes
+  (PyTorch: `torchrun`'s `WORLD_SIZE`/`RANK`/`LOCAL_RANK`; JAX:
+  `KERAS_DISTRIBUTION_*` or `multi_host` -> `keras.distribution.initialize()`,
+  gloo CPU collectives; TensorFlow: a `TF_CONFIG` worker cluster ->
+  `MultiWorkerMirroredStrategy`).
+- `process_values(value)`: a number of every process, in process order (a
+  host-side all-gather: barriers, agreed stop decisions, resume checks).
+- `mean_over_processes(logs)`: logged metrics as global means (PyTorch
+  processes each see their own shard).
+- `writing_scope()`: what one process runs alone while writing a file
+  (multi-process JAX: no collectives inside).
+- `distribute_dataset(dataset, num_replicas)`: a process's own data shard
+  as `fit`'s input (TensorFlow multi-worker: per-replica batches).
 - `value_and_grad(...)` and `eager_loops()`: the backend halves of the
   test helpers in `keras_dsd.testing`.
 - `jax_cpu.configure()`: run when `keras_dsd` is imported under JAX
@@ -58,6 +71,7 @@
   needs, since Keras' `fit` has no DistributedDataParallel of its own.
 """
 
+import contextlib
 import os
 
 from keras_dsd.backend import jax_cpu
@@ -211,6 +225,8 @@ def train_step_with_updates(model, train_step, args, before, after):
     result = before()
     logs = train_step(*args)
     after(result)
+    if keras.backend.backend() == "tensorflow":
+        return _module().logs_for_multi_worker(logs)
     return logs
 
 
@@ -218,6 +234,42 @@ def setup_data_parallel(devices, tpu, multi_host):
     """The fields of a `keras_dsd.utils.distribution.DataParallelContext`
     for this backend (see `setup_data_parallel` there)."""
     return _module().setup_data_parallel(devices, tpu, multi_host)
+
+
+def process_values(value):
+    """`value` (a number) of every process of a multi-process run, as a
+    list of floats in process order (`[value]` with one process). Every
+    process must call it at the same point: it is a collective."""
+    return _module().process_values(value)
+
+
+def mean_over_processes(logs):
+    """The mean over processes of each value of a dict of logged means: on
+    multi-process PyTorch, where each process's metrics see its own shard,
+    an all-reduce; elsewhere `logs` (the metrics already see the global
+    batch). A collective: every process calls it at the same point."""
+    if keras.backend.backend() == "torch":
+        return _module().mean_over_processes(logs)
+    return logs
+
+
+def writing_scope():
+    """A context for what one process alone runs while writing files (a
+    checkpoint, a preset): on multi-process JAX, Keras' distribution is off
+    inside it, so that the variables Keras' saving creates are not
+    collectives (`jax_backend.writing_scope`); a no-op elsewhere."""
+    if keras.backend.backend() == "jax":
+        return _module().writing_scope()
+    return contextlib.nullcontext()
+
+
+def distribute_dataset(dataset, num_replicas):
+    """This process's data shard as `fit`'s input: on TensorFlow with
+    several workers, a `tf.distribute` dataset of per-replica batches;
+    elsewhere `dataset` itself."""
+    if keras.backend.backend() == "tensorflow":
+        return _module().distribute_dataset(dataset, num_replicas)
+    return dataset
 
 
 def value_and_grad(fn, variables, tensor):

@@ -1,4 +1,6 @@
+import contextlib
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -193,24 +195,92 @@ def scale_loss_for_replicas(loss):
     return loss
 
 
+# What `keras.distribution.initialize()` reads.
+PROCESS_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
+
+
+def initialize_processes(multi_host=False):
+    """Starts JAX's multi-process runtime when the environment asks for it.
+
+    Asked for by any `KERAS_DISTRIBUTION_*` variable (one process per host,
+    `keras.distribution.initialize()` reads them) or by `multi_host=True`
+    (a TPU pod, where JAX finds the hosts itself). Before initialising, JAX's
+    CPU collectives are set to gloo (`jax_cpu_collectives_implementation`):
+    without them a CPU host cannot all-reduce across processes. It only
+    concerns the CPU client, so GPU and TPU hosts are unaffected. Returns
+    `(num_processes, process_index)`.
+    """
+    given = {k: os.environ.get(k) for k in PROCESS_VARIABLES}
+    if not (multi_host or any(given.values())):
+        return jax.process_count(), jax.process_index()
+    if jax.distributed.is_initialized():
+        return jax.process_count(), jax.process_index()
+    if any(given.values()):
+        missing = [k for k, v in given.items() if not v]
+        if missing:
+            raise ValueError(
+                f"Multi-process JAX needs all of {', '.join(PROCESS_VARIABLES)}"
+                f"; {', '.join(missing)} is not set (got "
+                f"{', '.join(f'{k}={v!r}' for k, v in given.items() if v)})."
+            )
+        count = _int_variable("KERAS_DISTRIBUTION_NUM_PROCESSES", 1)
+        index = _int_variable("KERAS_DISTRIBUTION_PROCESS_ID", 0)
+        if index >= count:
+            raise ValueError(
+                f"KERAS_DISTRIBUTION_PROCESS_ID={index} is out of range for "
+                f"KERAS_DISTRIBUTION_NUM_PROCESSES={count}: expected 0 to "
+                f"{count - 1}."
+            )
+        addresses = given["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")
+        if len(addresses) > 1 and len(addresses) != count:
+            raise ValueError(
+                f"KERAS_DISTRIBUTION_JOB_ADDRESSES lists {len(addresses)} "
+                f"addresses but KERAS_DISTRIBUTION_NUM_PROCESSES={count}: "
+                f"expected one address per process (or the coordinator's "
+                f"only)."
+            )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize()
+    return jax.process_count(), jax.process_index()
+
+
+def _int_variable(name, minimum):
+    value = os.environ[name]
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{name}={value!r} is not an integer >= {minimum}.")
+    return number
+
+
 def setup_data_parallel(devices, tpu, multi_host):
-    """`keras.distribution.DataParallel` over `devices` (default: all).
-    Returns the fields of a `DataParallelContext`."""
-    if multi_host:
-        keras.distribution.initialize()
+    """`keras.distribution.DataParallel` over `devices` (default: every
+    device of every process), after `initialize_processes`. With several
+    processes each passes `fit` its own shard of the global batch (no
+    auto-sharding), which Keras assembles into the global batch. Returns
+    the fields of a `DataParallelContext`."""
+    processes, index = initialize_processes(multi_host)
     devices = list(devices or jax.devices())
     platform = devices[0].platform
     if len(devices) > 1:
         keras.distribution.set_distribution(
-            keras.distribution.DataParallel(devices=devices)
+            keras.distribution.DataParallel(
+                devices=devices, auto_shard_dataset=processes == 1
+            )
         )
     return {
         "num_replicas": len(devices),
-        "num_processes": jax.process_count(),
-        "process_index": jax.process_index(),
+        "num_processes": processes,
+        "process_index": index,
         "description": (
             f"{len(devices)} {platform} device(s), "
-            f"{jax.process_count()} process(es), "
+            f"{processes} process(es), "
             + (
                 "keras.distribution.DataParallel"
                 if len(devices) > 1
@@ -218,6 +288,40 @@ def setup_data_parallel(devices, tpu, multi_host):
             )
         ),
     }
+
+
+@contextlib.contextmanager
+def writing_scope():
+    """Keras' distribution off while one process writes a file.
+
+    Saving creates throwaway Keras variables (`saving_lib` builds a
+    reference optimizer), and under a multi-process distribution creating a
+    variable is a collective (`jax.device_put` checks that every process
+    passes the same value): run by the writing process alone it would pair
+    with another collective of the other processes. Without the
+    distribution they are plain local arrays.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None or jax.process_count() == 1:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
+def process_values(value):
+    """`value` (a number) of every process, as a list in process order."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(
+        jax.numpy.asarray([value], "float32")
+    )
+    return [float(v) for v in gathered.reshape(-1)]
 
 
 def gather_replicas(x):

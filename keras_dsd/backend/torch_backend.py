@@ -239,10 +239,21 @@ def broadcast_variables(variables, source=0):
             dist.broadcast(variable.value.data, src=source)
 
 
-def average_gradients_across_processes(variables, bucket_cap_mb=25.0):
+def average_gradients_across_processes(
+    variables, bucket_cap_mb=25.0, optimizer=None
+):
     """Makes `backward()` leave the process-average gradient in each
     variable, as DistributedDataParallel does, so that Keras' own
     `train_step` and optimizer apply the same update on every process.
+
+    With `optimizer` (a Keras optimizer with `gradient_accumulation_steps`)
+    the micro-batches that only accumulate communicate nothing, as under
+    DistributedDataParallel's `no_sync()`: each process accumulates its own
+    gradients, and the micro-batch that updates the weights all-reduces
+    `accumulated + gradient` and leaves `mean - accumulated` in each
+    gradient, so that the optimizer's `(gradient + accumulated) / steps`
+    is the average over processes and micro-batches. One all-reduce per
+    update instead of one per micro-batch.
 
     Gradients are grouped in buckets of about `bucket_cap_mb` MiB, in the
     reverse of the variables' order (about the order backward produces
@@ -253,7 +264,7 @@ def average_gradients_across_processes(variables, bucket_cap_mb=25.0):
     the collectives match. Returns a `GradientBuckets` (`.remove()` undoes
     it).
     """
-    return GradientBuckets(variables, bucket_cap_mb)
+    return GradientBuckets(variables, bucket_cap_mb, optimizer)
 
 
 class GradientBuckets:
@@ -262,10 +273,10 @@ class GradientBuckets:
 
     `seconds_waiting` accumulates the time the end of `backward()` spent
     waiting for all-reduces still in flight: the communication the backward
-    pass did not hide.
+    pass did not hide; `all_reduces` counts the buckets all-reduced.
     """
 
-    def __init__(self, variables, bucket_cap_mb=25.0):
+    def __init__(self, variables, bucket_cap_mb=25.0, optimizer=None):
         import torch.distributed as dist
 
         if not bucket_cap_mb > 0:
@@ -273,7 +284,17 @@ class GradientBuckets:
                 f"bucket_cap_mb must be > 0 MiB, got {bucket_cap_mb!r}."
             )
         self.world_size = dist.get_world_size()
+        variables = list(variables)
         parameters = [v.value for v in variables]
+        # No-sync micro-batches need the optimizer's accumulators, which a
+        # loss-scaling wrapper holds unscaled (then: sync every batch).
+        steps = getattr(optimizer, "gradient_accumulation_steps", None)
+        if steps and not hasattr(optimizer, "inner_optimizer"):
+            self.optimizer = optimizer
+            self.variable_of = {id(v.value): v for v in variables}
+        else:
+            self.optimizer = None
+        self.all_reduces = 0
         self.buckets = []
         current, size = [], 0
         for parameter in reversed(parameters):
@@ -299,6 +320,25 @@ class GradientBuckets:
         self.next_bucket = 0
         self.in_flight = []
         self.callback_queued = False
+        self.sync = True
+
+    def _is_update_step(self):
+        """Whether the optimizer applies its update after this backward
+        pass (every micro-batch without gradient accumulation); the same
+        answer on every process, which all count the same micro-batches."""
+        optimizer = self.optimizer
+        if optimizer is None:
+            return True
+        steps = optimizer.gradient_accumulation_steps
+        done = int(keras.ops.convert_to_numpy(optimizer._iterations))
+        return (done + 1) % steps == 0
+
+    def _accumulated(self, parameter):
+        if self.optimizer is None or not self.optimizer.built:
+            return None
+        variable = self.variable_of[id(parameter)]
+        index = self.optimizer._get_variable_index(variable)
+        return self.optimizer._accumulated_gradients[index].value
 
     def _on_gradient(self, parameter):
         if not self.callback_queued:
@@ -306,6 +346,9 @@ class GradientBuckets:
                 self._finish
             )
             self.callback_queued = True
+            self.sync = self._is_update_step()
+        if not self.sync:
+            return  # no_sync: this micro-batch only accumulates
         self.ready[self.bucket_of[id(parameter)]] += 1
         # Start buckets strictly in order, so every process issues the
         # same sequence of collectives.
@@ -322,11 +365,23 @@ class GradientBuckets:
         for parameter in bucket:
             if parameter.grad is None:  # unused in this step
                 parameter.grad = torch.zeros_like(parameter)
-        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        pieces = []
+        with torch.no_grad():
+            for parameter in bucket:
+                piece = parameter.grad.reshape(-1)
+                accumulated = self._accumulated(parameter)
+                if accumulated is not None:
+                    piece = piece + accumulated.reshape(-1)
+                pieces.append(piece)
+        flat = torch.cat(pieces)
         work = dist.all_reduce(flat, async_op=True)
+        self.all_reduces += 1
         self.in_flight.append((bucket, flat, work))
 
     def _finish(self):
+        if not self.sync:
+            self._reset()
+            return
         # Buckets with an unused parameter never filled: start them now.
         while self.next_bucket < len(self.buckets):
             self._start(self.next_bucket)
@@ -339,9 +394,12 @@ class GradientBuckets:
                 offset = 0
                 for parameter in bucket:
                     count = parameter.numel()
-                    parameter.grad.copy_(
-                        flat[offset : offset + count].view_as(parameter)
-                    )
+                    mean = flat[offset : offset + count].view_as(parameter)
+                    accumulated = self._accumulated(parameter)
+                    if accumulated is not None:
+                        # The optimizer adds its own accumulator back.
+                        mean = mean - accumulated
+                    parameter.grad.copy_(mean)
                     offset += count
         self.seconds_waiting += time.perf_counter() - start
         self._reset()
@@ -384,20 +442,63 @@ def scale_loss_for_replicas(loss):
     return loss
 
 
-def setup_data_parallel(devices, tpu, multi_host):
-    """One process per device under `torchrun`: initialises the process
-    group (NCCL on CUDA, else gloo) from `WORLD_SIZE`. Returns the fields
-    of a `DataParallelContext`."""
+# What `torchrun` sets for each process.
+PROCESS_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+def initialize_processes(multi_host=False):
+    """Joins the process group that `torchrun` describes, if any.
+
+    `WORLD_SIZE`, `RANK` and `LOCAL_RANK` (set by `torchrun`, on one node or
+    several) select it; `MASTER_ADDR`/`MASTER_PORT` say where to meet.
+    NCCL on CUDA (each process on GPU `LOCAL_RANK`), else gloo.
+    `multi_host` is for JAX and ignored. Returns `(num_processes,
+    process_index)`.
+    """
     import torch.distributed as dist
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    given = {k: os.environ.get(k) for k in PROCESS_VARIABLES}
+    world_size = _int_variable("WORLD_SIZE", 1) if given["WORLD_SIZE"] else 1
+    if world_size == 1:
+        return 1, 0
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ValueError(
+                f"WORLD_SIZE={world_size} but {name} is not set: launch the "
+                f"processes with `torchrun`, which sets RANK, LOCAL_RANK, "
+                f"MASTER_ADDR and MASTER_PORT."
+            )
+    rank = _int_variable("RANK", 0)
+    if rank >= world_size:
+        raise ValueError(
+            f"RANK={rank} is out of range for WORLD_SIZE={world_size}: "
+            f"expected 0 to {world_size - 1}."
+        )
+    if torch.cuda.is_available():
+        torch.cuda.set_device(_int_variable("LOCAL_RANK", 0))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _int_variable(name, minimum):
+    value = os.environ[name]
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{name}={value!r} is not an integer >= {minimum}.")
+    return number
+
+
+def setup_data_parallel(devices, tpu, multi_host):
+    """One process per device under `torchrun` (`initialize_processes`).
+    Returns the fields of a `DataParallelContext`."""
+    world_size, rank = initialize_processes(multi_host)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "num_replicas": world_size,
@@ -408,6 +509,45 @@ def setup_data_parallel(devices, tpu, multi_host):
             + (", gradient all-reduce" if world_size > 1 else "")
         ),
     }
+
+
+def process_values(value):
+    """`value` (a number) of every process, as a list in process order."""
+    import torch.distributed as dist
+
+    group = _process_group()
+    if group is None or group[1] == 1:
+        return [value]
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    mine = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    pieces = [torch.empty_like(mine) for _ in range(group[1])]
+    dist.all_gather(pieces, mine)
+    return [float(p.item()) for p in pieces]
+
+
+def mean_over_processes(logs):
+    """The mean over processes of each logged value (each process's
+    metrics average its own shard; the shards are the same size, so the
+    mean of the means is the global batch's mean). One all-reduce."""
+    import torch.distributed as dist
+
+    group = _process_group()
+    if group is None or group[1] == 1 or not logs:
+        return logs
+    keys = sorted(logs)
+    values = torch.stack(
+        [
+            torch.as_tensor(
+                keras.ops.convert_to_numpy(logs[k]), dtype=torch.float64
+            ).reshape(())
+            for k in keys
+        ]
+    )
+    if dist.get_backend() == "nccl":
+        values = values.cuda()
+    dist.all_reduce(values)
+    values = (values / group[1]).cpu()
+    return {k: float(v) for k, v in zip(keys, values)}
 
 
 def gather_replicas(x):

@@ -21,6 +21,10 @@ class SampleGrid(keras.callbacks.Callback):
         sampler: string. Defaults to `"heun"`.
         seed: int. Defaults to `0`.
         scale: int. PNG upscaling factor. Defaults to `1`.
+        write: bool. `False` on all but one process of a multi-process
+            run: they sample too (every process must run the same
+            computations over weights laid out across processes) but
+            write nothing. Defaults to `True`.
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class SampleGrid(keras.callbacks.Callback):
         sampler="heun",
         seed=0,
         scale=1,
+        write=True,
     ):
         super().__init__()
         self.path = path
@@ -43,6 +48,7 @@ class SampleGrid(keras.callbacks.Callback):
         self.sampler = sampler
         self.seed = seed
         self.scale = scale
+        self.write = write
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
@@ -53,6 +59,8 @@ class SampleGrid(keras.callbacks.Callback):
             sampler=self.sampler,
             seed=self.seed,
         )
+        if not self.write:
+            return
         path = self.path.format(epoch=epoch + 1)
         save_image_grid(images, path, rows=self.rows, scale=self.scale)
         print(f"\nSampleGrid: wrote {os.path.abspath(path)}")

@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 
+from keras_dsd import backend
 from keras_dsd.utils.file_utils import atomic_write
 from keras_dsd.utils.file_utils import write_json
 
@@ -131,10 +132,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             return
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         name = f"ckpt-{step:09d}.weights.h5"
-        atomic_write(
-            os.path.join(self.directory, name),
-            lambda path: self.model.save_weights(path, overwrite=True),
-        )
+        with backend.writing_scope():
+            atomic_write(
+                os.path.join(self.directory, name),
+                lambda path: self.model.save_weights(path, overwrite=True),
+            )
         state = {
             "epoch": epoch,
             "step": step,

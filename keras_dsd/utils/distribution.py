@@ -5,34 +5,43 @@ context = keras_dsd.utils.distribution.setup_data_parallel()
 with context.scope():
     model = keras_dsd.models.DSDImageGenerator(backbone)
     model.compile()
-context.prepare_model(model)
 dataset = folder.as_dataset(
     image_size, context.per_process_batch_size(global_batch_size),
-    num_shards=context.data_shards,
-    shard_index=context.process_index if context.data_shards > 1 else 0,
+    num_shards=context.data_shards, shard_index=context.process_index,
 )
+dataset = context.distribute_dataset(dataset)
+context.prepare_model(model)
 model.fit(dataset, ...)
 ```
 
-- JAX: `keras.distribution.DataParallel` over every device the process sees
-  (GPUs, TPU cores, or `--xla_force_host_platform_device_count` CPUs); one
-  jitted program runs the global batch, sharded along the batch axis.
-  Multi-host TPU pods call `keras.distribution.initialize()` first
-  (`multi_host=True`).
+Several processes (nodes, TPU hosts, one process per GPU) start from each
+launcher's own settings: `torchrun`'s `WORLD_SIZE`/`RANK`/`LOCAL_RANK`,
+Keras' `KERAS_DISTRIBUTION_*` variables for JAX (or `multi_host=True` on a
+TPU pod), a `TF_CONFIG` worker cluster for TensorFlow
+(`initialize_processes` of each `keras_dsd.backend` module). Each process
+reads and decodes only its own shard of every global batch
+(`per_process_batch_size` images).
+
+- JAX: `keras.distribution.DataParallel` over every device of every
+  process (GPUs, TPU cores, or `--xla_force_host_platform_device_count`
+  CPUs); one jitted program runs the global batch, sharded along the batch
+  axis, assembled from the processes' shards.
 - TensorFlow: `tf.distribute.TPUStrategy` when a TPU is found,
+  `MultiWorkerMirroredStrategy` under `TF_CONFIG`,
   `tf.distribute.MirroredStrategy` over several GPUs (or the logical
-  devices given), else the default strategy. Keras splits each global
-  batch across the replicas.
+  devices given), else the default strategy. In one process Keras splits
+  each global batch across the replicas.
 - PyTorch: under `torchrun`, one process per GPU (NCCL) or CPU (gloo).
   Keras' `fit` has no DistributedDataParallel, so `prepare_model`
   broadcasts the weights from process 0 and makes every `backward()`
   average the gradients across processes (bucketed all-reduces that
-  overlap the backward pass, as DistributedDataParallel does; a wrapper
-  DDP module would hide the Keras layers from `fit`); each process reads
-  its own shard of the data (`per_process_batch_size` images per step).
+  overlap the backward pass, as DistributedDataParallel does, skipped on
+  micro-batches that only accumulate; a wrapper DDP module would hide the
+  Keras layers from `fit`).
 
-The per-backend set-up code lives in `keras_dsd.backend`
-(`setup_data_parallel` of each backend module); this module only holds
+`process_values` and `barrier` coordinate the processes outside `fit`
+(the chief writes, the others wait; all agree on a checkpoint). The
+per-backend code lives in `keras_dsd.backend`; this module only holds
 what the three share.
 """
 
@@ -78,13 +87,26 @@ class DataParallelContext:
 
     @property
     def data_shards(self):
-        """How many slices of the data stream the processes read.
+        """How many slices of the data stream the processes read: one per
+        process, each read (and decoded) by its process only. A single
+        process passes the global stream to `fit`, which splits it across
+        its devices."""
+        return self.num_processes
 
-        PyTorch processes each read their own shard. With JAX (multi-host
-        included) and TensorFlow every process passes the global stream to
-        `fit`, which splits it (Keras' `auto_shard_dataset`).
-        """
-        return self.num_processes if self.backend == "torch" else 1
+    def distribute_dataset(self, dataset):
+        """This process's dataset (its shard, `per_process_batch_size`
+        images per batch) as `fit`'s input (TensorFlow multi-worker: a
+        `tf.distribute` dataset of per-replica batches)."""
+        return backend.distribute_dataset(dataset, self.num_replicas)
+
+    def process_values(self, value):
+        """`value` (a number) of every process, in process order; a
+        collective that every process must call (`keras_dsd.backend`)."""
+        return backend.process_values(value)
+
+    def barrier(self):
+        """Returns once every process has reached it."""
+        self.process_values(0)
 
     def per_process_batch_size(self, global_batch_size):
         """The batch size of this process's dataset; checks that the
@@ -107,6 +129,10 @@ class DataParallelContext:
                 in buckets of about this many MiB, overlapped with the
                 backward pass (DistributedDataParallel's default, 25).
         """
+        if self.backend == "tensorflow" and self.num_processes > 1:
+            from keras_dsd.backend import tensorflow_backend
+
+            tensorflow_backend.prepare_multi_worker_model(model)
         if self.backend != "torch" or self.num_processes == 1:
             return model
         from keras_dsd.backend import torch_backend
@@ -115,7 +141,9 @@ class DataParallelContext:
         if getattr(model, "_gradient_hooks", None) is None:
             model._gradient_hooks = (
                 torch_backend.average_gradients_across_processes(
-                    model.trainable_variables, bucket_cap_mb
+                    model.trainable_variables,
+                    bucket_cap_mb,
+                    optimizer=model.optimizer,
                 )
             )
         return model
@@ -131,8 +159,10 @@ def setup_data_parallel(devices=None, tpu=None, multi_host=False):
         tpu: optional TPU name or address for TensorFlow's
             `TPUClusterResolver`; `"local"` on a TPU VM. Defaults to using a
             TPU only when the `TPU_NAME` environment variable is set.
-        multi_host: bool. JAX on a multi-host TPU pod or GPU cluster: call
-            `keras.distribution.initialize()` first. Defaults to `False`.
+        multi_host: bool. JAX: call `keras.distribution.initialize()` even
+            without `KERAS_DISTRIBUTION_*` variables (a TPU pod, where JAX
+            finds the hosts itself); with them it is called anyway.
+            Defaults to `False`.
 
     Returns:
         A `DataParallelContext`.

@@ -23,8 +23,7 @@ def test_batch_size_must_divide_over_devices():
         ValueError, match="batch size 6 is not divisible by the 4 devices"
     ):
         context.per_process_batch_size(6)
-    # torch processes read their own shards; JAX hosts get the global
-    # stream, which Keras splits.
+    # Processes (torch ranks, JAX hosts) read their own shards.
     processes = distribution.DataParallelContext(
         backend="torch", num_replicas=2, num_processes=2
     )
@@ -33,8 +32,8 @@ def test_batch_size_must_divide_over_devices():
     hosts = distribution.DataParallelContext(
         backend="jax", num_replicas=8, num_processes=2
     )
-    assert hosts.data_shards == 1
-    assert hosts.per_process_batch_size(16) == 16
+    assert hosts.data_shards == 2
+    assert hosts.per_process_batch_size(16) == 8
 
 
 @pytest.mark.skipif(

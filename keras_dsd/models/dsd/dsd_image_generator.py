@@ -30,6 +30,7 @@ from keras_dsd import samplers
 from keras_dsd.backend import compile_inference_function
 from keras_dsd.backend import default_jit_compile
 from keras_dsd.backend import gather_replicas
+from keras_dsd.backend import mean_over_processes
 from keras_dsd.backend import prepare_compiled_training
 from keras_dsd.backend import replica_id
 from keras_dsd.backend import scale_loss_for_replicas
@@ -433,6 +434,11 @@ class DSDImageGenerator(keras.Model):
         ema.update_averages(
             averages, self.backbone, self.ema_step, applied, self.ema_warmup
         )
+
+    def get_metrics_result(self):
+        # Logged values are means over the global batch on every backend
+        # (multi-process PyTorch: each process's metrics see its shard).
+        return mean_over_processes(super().get_metrics_result())
 
     def fit(self, x=None, y=None, **kwargs):
         """`keras.Model.fit`, after checking the first batch of data.
