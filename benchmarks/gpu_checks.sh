@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU timing of issue 12 in one call, for a lent GPU machine that has
+# Every GPU timing in one call, for a GPU machine that has
 # no network (see docs/speed.md, "GPU").
 #
 # Needs wheels the machine lacks (keras and two of its dependencies), put in
 # .whl/ at the repository root beforehand, on a machine with pip access:
 #   benchmarks/gpu_checks.sh --download-wheels
 # then, on the GPU machine (carry .whl), from the repository root:
-#   bash benchmarks/gpu_checks.sh   # at most 600 s (run's limit)
+#   bash benchmarks/gpu_checks.sh   # at most 600 s
 #   bash benchmarks/gpu_checks.sh --cpu-dry-run   # the same steps, tiny, CPU
 #   bash benchmarks/gpu_checks.sh --multi-process  # only the 2-process rows
 # Each step has its own timeout; a failed step is reported and the next
