@@ -190,6 +190,7 @@ def test_report_gives_mean_and_spread_over_seeds(tmp_path, capsys):
     assert cells[5] == "2.5 ± 0"  # FD / floor = 5 / 2 on every seed
 
 
+@pytest.mark.backend_independent
 def test_guidance_intervals_on_the_command_line_and_in_names():
     study = load_study()
     args = study.parse_args(
@@ -209,6 +210,7 @@ def test_guidance_intervals_on_the_command_line_and_in_names():
             study.parse_args(["resample", "--guidance-intervals", bad])
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "sampler,scale,interval,expected",
     [

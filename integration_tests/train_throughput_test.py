@@ -30,6 +30,7 @@ def test_fit_seconds_times_one_epoch_of_the_given_steps(train_throughput):
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 5
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "argv, message",
     [
