@@ -5,6 +5,8 @@ pytest run). Two markers sort the tests (docs/tests.md):
 
 - `large`: slow tests (end-to-end runs whose path a faster test also
   covers), skipped unless `--run-large` is given (`scripts/test.sh --all`).
+  `@pytest.mark.large(except_backend="torch")` keeps the test in the fast
+  tier on that one backend.
 - `backend_independent`: tests that make no Keras call (argument parsing,
   file bookkeeping, metric arithmetic on numpy, the repository's layout).
   `--skip-backend-independent` deselects them: `scripts/test.sh` runs them
@@ -62,8 +64,10 @@ def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-large"):
         return
     skip_large = pytest.mark.skip(reason="large test: pass --run-large")
+    backend = keras.backend.backend()
     for item in items:
-        if "large" in item.keywords:
+        marker = item.get_closest_marker("large")
+        if marker and marker.kwargs.get("except_backend") != backend:
             item.add_marker(skip_large)
 
 

@@ -33,6 +33,7 @@ def table_rows(markdown):
     return rows
 
 
+@pytest.mark.large(except_backend="torch")
 def test_latent_collapse_smoke(tmp_path):
     out = tmp_path / "study"
     assert load_example().main(["--smoke", "--output-dir", str(out)]) == 0

@@ -77,6 +77,7 @@ def test_refuses_a_line_that_is_not_json(tmp_path):
         study.main(study_args(tmp_path, "small", "0"))
 
 
+@pytest.mark.large(except_backend="torch")
 def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
     study = load_study()
     path = tmp_path / study.RESULTS_FILE
@@ -233,6 +234,7 @@ def test_network_evaluations_count_guided_ones_twice(
     assert nfe == expected
 
 
+@pytest.mark.large(except_backend="torch")
 def test_resample_scores_guidance_intervals_of_saved_runs(tmp_path):
     study = load_study()
     path = tmp_path / study.RESULTS_FILE

@@ -35,6 +35,7 @@ def test_embedded_digits_are_real_mnist():
     assert np.array_equal(images[..., 0], images[..., 2])
 
 
+@pytest.mark.large(except_backend="torch")
 def test_train_digits_smoke(tmp_path):
     out = tmp_path / "run"
     code = load_example().main(["--smoke", "--output-dir", str(out)])

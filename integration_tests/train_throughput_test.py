@@ -14,6 +14,7 @@ def train_throughput(load_benchmark):
     return load_benchmark("train_throughput")
 
 
+@pytest.mark.large(except_backend="torch")
 def test_fit_seconds_times_one_epoch_of_the_given_steps(train_throughput):
     model = keras_dsd.models.DSDImageGenerator(
         backbone=test_utils.tiny_backbone(), seed=0
