@@ -1,8 +1,22 @@
 """pytest setup shared by every test of keras_dsd.
 
 The backend is chosen per process by `KERAS_BACKEND` (one backend per
-pytest run). Tests marked `large` are skipped unless `--run-large` is given.
+pytest run). Two markers sort the tests (docs/tests.md):
+
+- `large`: slow tests (end-to-end runs whose path a faster test also
+  covers), skipped unless `--run-large` is given (`scripts/test.sh --all`).
+  `@pytest.mark.large(except_backend="torch")` keeps the test in the fast
+  tier on that one backend.
+- `backend_independent`: tests that make no Keras call (argument parsing,
+  file bookkeeping, metric arithmetic on numpy, the repository's layout).
+  `--skip-backend-independent` deselects them: `scripts/test.sh` runs them
+  with the first backend only.
+
+`--durations-file PATH` writes every test's duration (set-up, call and
+tear-down together), slowest first, to `PATH`.
 """
+
+import os
 
 import keras
 import pytest
@@ -15,21 +29,76 @@ def pytest_addoption(parser):
         default=False,
         help="Also run the slow tests marked `large`.",
     )
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "large: slow tests, run with --run-large"
+    parser.addoption(
+        "--skip-backend-independent",
+        action="store_true",
+        default=False,
+        help="Deselect the tests marked `backend_independent` (run them "
+        "with one backend only).",
+    )
+    parser.addoption(
+        "--durations-file",
+        default=None,
+        metavar="PATH",
+        help="Write every test's duration in seconds, slowest first, to PATH.",
     )
 
 
+def pytest_configure(config):
+    # The markers themselves are declared in pyproject.toml.
+    config._keras_dsd_durations = {}
+
+
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("--skip-backend-independent"):
+        kept = []
+        deselected = []
+        for item in items:
+            if "backend_independent" in item.keywords:
+                deselected.append(item)
+            else:
+                kept.append(item)
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = kept
     if config.getoption("--run-large"):
         return
     skip_large = pytest.mark.skip(reason="large test: pass --run-large")
+    backend = keras.backend.backend()
     for item in items:
-        if "large" in item.keywords:
+        marker = item.get_closest_marker("large")
+        if marker and marker.kwargs.get("except_backend") != backend:
             item.add_marker(skip_large)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    durations = item.config._keras_dsd_durations
+    seconds, result = durations.get(report.nodeid, (0.0, "passed"))
+    if report.when == "call" or report.outcome != "passed":
+        result = report.outcome if result == "passed" else result
+    durations[report.nodeid] = (seconds + report.duration, result)
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--durations-file")
+    if not path:
+        return
+    durations = session.config._keras_dsd_durations
+    rows = sorted(durations.items(), key=lambda row: -row[1][0])
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(
+            f"# KERAS_BACKEND={keras.backend.backend()}: seconds per test "
+            f"(set-up + call + tear-down), slowest first; "
+            f"{len(rows)} tests, {sum(r[1][0] for r in rows):.1f} s\n"
+        )
+        for nodeid, (seconds, result) in rows:
+            f.write(f"{seconds:9.2f}  {result:7}  {nodeid}\n")
 
 
 @pytest.fixture(autouse=True)

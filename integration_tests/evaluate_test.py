@@ -63,6 +63,7 @@ def output_npzs(folder):
     )
 
 
+@pytest.mark.large(except_backend="torch")
 def test_evaluate_smoke_resume_and_atomic_export(
     tmp_path, saved_model, reference_digits, monkeypatch
 ):
@@ -292,5 +293,7 @@ def test_evaluate_fid_and_is_with_random_inception(tmp_path, saved_model):
     )
     result = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(result["metrics"]["FID"])
-    assert result["metrics"]["IS"] >= 1.0
+    # exp(mean KL) >= 1; a random network's near-uniform predictions put
+    # it at 1 up to rounding (0.9999999999999982 seen on TensorFlow).
+    assert result["metrics"]["IS"] >= 1.0 - 1e-9
     assert "means nothing" in result["notes"]["FID"]

@@ -12,6 +12,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 GUIDES = os.path.join(os.path.dirname(__file__), "..", "guides")
@@ -59,6 +60,7 @@ def grid_shape(rows, cols, size=32, padding=2, scale=2):
     )
 
 
+@pytest.mark.large(except_backend="torch")
 def test_getting_started_guide(tmp_path):
     stdout = run_guide("getting_started", tmp_path)
     out = tmp_path / "getting_started"
@@ -76,6 +78,7 @@ def test_getting_started_guide(tmp_path):
     assert "pixel values differ, by at most" in stdout
 
 
+@pytest.mark.large
 def test_latent_collapse_guide(tmp_path):
     stdout = run_guide("latent_collapse", tmp_path)
     out = tmp_path / "latent_collapse"
@@ -91,6 +94,7 @@ def test_latent_collapse_guide(tmp_path):
     assert "largest relative difference" in stdout
 
 
+@pytest.mark.large
 def test_training_on_imagenet_guide(tmp_path):
     stdout = run_guide("training_on_imagenet", tmp_path)
     out = tmp_path / "training_on_imagenet"

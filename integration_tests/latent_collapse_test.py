@@ -33,6 +33,7 @@ def table_rows(markdown):
     return rows
 
 
+@pytest.mark.large(except_backend="torch")
 def test_latent_collapse_smoke(tmp_path):
     out = tmp_path / "study"
     assert load_example().main(["--smoke", "--output-dir", str(out)]) == 0
@@ -82,6 +83,7 @@ def test_latent_collapse_smoke(tmp_path):
     assert grid.shape[:2] == ((10 * 34 + 2) * 2, (2 * 34 + 2) * 2)
 
 
+@pytest.mark.backend_independent
 def test_curve_recorder_recovers_per_step_values():
     module = load_example()
     recorder = module.CurveRecorder(max_steps=5)
@@ -104,6 +106,7 @@ def test_curve_recorder_recovers_per_step_values():
     assert recorder.steps == 5 and recorder.model.stop_training
 
 
+@pytest.mark.backend_independent
 def test_latent_collapse_rejects_bad_flags(capsys):
     module = load_example()
     for argv, flag in (

@@ -14,6 +14,9 @@ import pathlib
 
 import pytest
 
+# No Keras call: run with one backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_dsd"
 FRAMEWORKS = {"tensorflow", "tensorflow_datasets", "jax", "jaxlib", "torch"}

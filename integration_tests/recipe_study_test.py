@@ -77,6 +77,7 @@ def test_refuses_a_line_that_is_not_json(tmp_path):
         study.main(study_args(tmp_path, "small", "0"))
 
 
+@pytest.mark.large(except_backend="torch")
 def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
     study = load_study()
     path = tmp_path / study.RESULTS_FILE
@@ -190,6 +191,7 @@ def test_report_gives_mean_and_spread_over_seeds(tmp_path, capsys):
     assert cells[5] == "2.5 ± 0"  # FD / floor = 5 / 2 on every seed
 
 
+@pytest.mark.backend_independent
 def test_guidance_intervals_on_the_command_line_and_in_names():
     study = load_study()
     args = study.parse_args(
@@ -209,6 +211,7 @@ def test_guidance_intervals_on_the_command_line_and_in_names():
             study.parse_args(["resample", "--guidance-intervals", bad])
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "sampler,scale,interval,expected",
     [
@@ -231,6 +234,7 @@ def test_network_evaluations_count_guided_ones_twice(
     assert nfe == expected
 
 
+@pytest.mark.large(except_backend="torch")
 def test_resample_scores_guidance_intervals_of_saved_runs(tmp_path):
     study = load_study()
     path = tmp_path / study.RESULTS_FILE

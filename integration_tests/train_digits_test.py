@@ -6,6 +6,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 import keras_dsd
@@ -22,6 +23,7 @@ def load_example():
     return module
 
 
+@pytest.mark.backend_independent
 def test_embedded_digits_are_real_mnist():
     images, labels = keras_dsd.datasets.load_mnist_digits()
     assert images.shape == (5000, 32, 32, 3) and images.dtype == np.uint8
@@ -33,6 +35,7 @@ def test_embedded_digits_are_real_mnist():
     assert np.array_equal(images[..., 0], images[..., 2])
 
 
+@pytest.mark.large(except_backend="torch")
 def test_train_digits_smoke(tmp_path):
     out = tmp_path / "run"
     code = load_example().main(["--smoke", "--output-dir", str(out)])
@@ -77,6 +80,7 @@ def test_train_digits_smoke(tmp_path):
     assert metadata["parameter_count"] == model.backbone.count_params()
 
 
+@pytest.mark.backend_independent
 def test_train_digits_rejects_bad_flags(capsys):
     module = load_example()
     for argv in (

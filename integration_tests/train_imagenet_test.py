@@ -26,6 +26,7 @@ def load_example():
     return module
 
 
+@pytest.mark.large(except_backend="torch")
 def test_smoke_run_then_resume_longer(tmp_path):
     example = load_example()
     out = str(tmp_path / "run")

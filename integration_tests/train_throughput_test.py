@@ -14,6 +14,7 @@ def train_throughput(load_benchmark):
     return load_benchmark("train_throughput")
 
 
+@pytest.mark.large(except_backend="torch")
 def test_fit_seconds_times_one_epoch_of_the_given_steps(train_throughput):
     model = keras_dsd.models.DSDImageGenerator(
         backbone=test_utils.tiny_backbone(), seed=0
@@ -25,11 +26,12 @@ def test_fit_seconds_times_one_epoch_of_the_given_steps(train_throughput):
     # One optimizer update per step: the batch repeated 3 times, in
     # batches of the batch's size.
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
-    assert 0 < seconds < 60
+    assert seconds > 0
     seconds = train_throughput.fit_seconds(model, images, labels, steps=2)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 5
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "argv, message",
     [

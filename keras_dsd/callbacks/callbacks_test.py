@@ -42,6 +42,7 @@ def _feed(monitor, epochs, steps_per_execution=1):
     return monitor
 
 
+@pytest.mark.backend_independent
 def test_monitor_recovers_per_step_values_from_running_means():
     rng = np.random.default_rng(0)
     epochs = [
@@ -69,6 +70,7 @@ def test_monitor_recovers_per_step_values_from_running_means():
     )
 
 
+@pytest.mark.backend_independent
 def test_monitor_fires_on_a_falling_std_with_a_steady_rank():
     # `naive`'s collapse: latent_std 0.45 -> 0.016 while the rank stays 5.5.
     # Keras' running mean of the std would still be 0.07 after 40 steps and
@@ -86,6 +88,7 @@ def test_monitor_fires_on_a_falling_std_with_a_steady_rank():
     np.testing.assert_allclose(alarm["value"], 0.016, atol=1e-9)
 
 
+@pytest.mark.backend_independent
 def test_monitor_fires_on_a_falling_rank_and_stops_training():
     # `decoupled`'s collapse: the rank falls to about 1 of at most c - 1.
     steps = [(5.1, 0.43)] * 10 + [(1.03, 0.40)] * 10
@@ -97,6 +100,7 @@ def test_monitor_fires_on_a_falling_rank_and_stops_training():
     assert monitor.model.stop_training
 
 
+@pytest.mark.backend_independent
 def test_monitor_stays_silent_for_a_healthy_run_and_a_short_dip():
     # dsd in the study: the rank dips to 0.46 of its start, std grows.
     rng = np.random.default_rng(1)
@@ -115,6 +119,7 @@ def test_monitor_stays_silent_for_a_healthy_run_and_a_short_dip():
     assert len(monitor.values["latent_std"]) == len(ranks)
 
 
+@pytest.mark.backend_independent
 def test_monitor_absolute_thresholds_and_missing_metrics():
     # With `min_rank`, the alarm can fire before the reference is known.
     monitor = LatentCollapseMonitor(
@@ -131,6 +136,7 @@ def test_monitor_absolute_thresholds_and_missing_metrics():
     assert monitor.values == {"latent_effective_rank": [], "latent_std": []}
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -191,6 +197,7 @@ def test_sample_grid_writes_every_n_epochs(tmp_path):
     assert grid[8:12, 8:12].min() == grid[8:12, 8:12].max() == 120
 
 
+@pytest.mark.backend_independent
 def test_time_limit_stops_after_the_budget(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(time_limit.time, "monotonic", lambda: now[0])

@@ -2,8 +2,12 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from keras_dsd.evaluation import files
+
+# No Keras call: run with one backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
 
 
 def test_save_npz_keeps_the_name_and_headers_match(tmp_path):

@@ -107,6 +107,7 @@ def test_inception_score_of_a_uniform_classifier_is_one():
     assert "means nothing" in metrics.notes()["IS"]
 
 
+@pytest.mark.backend_independent
 def test_unavailable_extractors_and_bad_names():
     metrics = metric_set.MetricSet(
         ["fd-effnet", "precision-recall"], {"EffNetLite0": "no weights file"}

@@ -4,6 +4,9 @@ from PIL import Image
 
 from keras_dsd.evaluation import reference
 
+# No Keras call: run with one backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def save_pngs(folder, images):
     folder.mkdir()

@@ -176,6 +176,8 @@ def test_lite0_port_matches_a_numpy_forward_pass(lite0):
     )
 
 
+# Over a minute of eager calls on JAX; the same maths on every backend.
+@large_on_jax
 def test_fd_effnet_lite0(lite0):
     from keras_dsd.metrics import generative_metrics
 

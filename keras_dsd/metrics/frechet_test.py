@@ -3,6 +3,9 @@ import pytest
 
 from keras_dsd.metrics import frechet
 
+# No Keras call: run with one backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def _random_covariance(rng, dim, rank=None):
     rank = dim if rank is None else rank

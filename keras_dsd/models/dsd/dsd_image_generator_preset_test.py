@@ -427,6 +427,7 @@ def _datasets(images, labels):
         yield "DataLoader", (loader, None), {}
 
 
+@pytest.mark.large(except_backend="torch")
 def test_fit_without_compile_accepts_every_input_kind():
     model = DSDImageGenerator(test_utils.tiny_backbone(), seed=0)
     images = test_utils.random_images(2)
@@ -446,6 +447,7 @@ def test_compile_false_leaves_it_uncompiled():
 
 
 # === int8 ===
+@pytest.mark.large(except_backend="torch")
 def test_int8_quantized_inference():
     model = DSDImageGenerator(
         test_utils.randomize_weights(
