@@ -333,8 +333,16 @@ def test_trained_image_to_image_swaps_the_class(digits):
     model, classifier, images, labels = digits
     rng = np.random.default_rng(0)
     targets = (labels + rng.integers(1, 10, len(labels))) % 10
+    # Guidance scale 3, as the demo's samples: one run measured 92 %
+    # recognised as the target class with it and 49 % without (98 % and
+    # 75 % at strength 0.8).
     edited = model.generate(
-        targets, images=images, strength=0.6, num_steps=16, seed=0
+        targets,
+        images=images,
+        strength=0.6,
+        num_steps=16,
+        seed=0,
+        guidance_scale=3.0,
     )
     _, predicted = classify_digits(classifier, edited)
     accuracy = np.mean(predicted == targets)
@@ -349,8 +357,14 @@ def test_trained_inpainting_keeps_the_class(digits):
     model, classifier, images, labels = digits
     masks = np.zeros(images.shape[:3], bool)
     masks[:, 16:] = True
+    # One run measured 96 % with guidance scale 3 and 91 % without.
     edited = model.generate(
-        labels, images=images, masks=masks, num_steps=16, seed=0
+        labels,
+        images=images,
+        masks=masks,
+        num_steps=16,
+        seed=0,
+        guidance_scale=3.0,
     )
     np.testing.assert_array_equal(edited[~masks], images[~masks])
     _, predicted = classify_digits(classifier, edited)
