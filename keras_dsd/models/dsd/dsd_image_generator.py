@@ -505,14 +505,14 @@ class DSDImageGenerator(keras.Model):
         tensor keeps one compiled function for every value). See `generate`
         for the arguments.
 
-        Image-to-image and inpainting: `noise` holds the latents at grid
-        time `t_start` (an int or int32 scalar tensor), from which the
-        sampler integrates. With `known_tokens` (a bool `(B, N)` tensor),
-        those tokens follow the straight path
+        Image-to-image and inpainting: `noise` holds the latents at the
+        grid time `t_start` of step `start` (an int or int32 scalar
+        tensor), from which the sampler integrates. With `known_tokens` (a
+        bool `(B, N)` tensor), those tokens follow the straight path
         `t * clean_latents + (1 - t) * eps` instead of the network's
-        velocity, where `eps` solves that path at `t_start` from `noise`:
-        at each time the network sees them as the input's latents noised
-        to that time.
+        velocity, with the `eps` that puts `noise` on that path at
+        `t_start`: at each time the network sees them as the input's
+        latents noised to that time, and they end on `clean_latents`.
         """
         network = self.inference_backbone
         timesteps = _time_grid(num_steps, time_shift)
