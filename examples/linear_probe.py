@@ -3,10 +3,11 @@
 Trains `dsd_tiny` with each objective of the collapse study (the
 `digits_collapse_study` recipe) for `--steps` optimizer steps on 4,000 of
 the embedded MNIST digits, once per seed, then fits a logistic-regression
-probe (`keras_dsd.metrics.linear_probe_accuracy`) on the mean-pooled
-latents of those 4,000 digits and scores it on the 1,000 held out (100 per
-class). The same probe on an untrained network of each seed, and on the
-raw pixels (`keras_dsd.metrics.probe_accuracy`), are the floors.
+probe (`keras_dsd.metrics.linear_probe_accuracy`) on the latents of those
+4,000 digits, mean-pooled over the 16 tokens (8 features) and flattened
+(128 features), and scores it on the 1,000 held out (100 per class). The
+same probe on an untrained network of each seed, and on the raw pixels
+(`keras_dsd.metrics.probe_accuracy`), are the floors.
 
 Writes `probe.md` (the table: mean and spread over seeds) and
 `probe.json` under `--output-dir`.
@@ -98,34 +99,40 @@ def main(argv=None):
         train_x / 255.0, train_y, test_x / 255.0, test_y
     )
     print(f"pixels: {pixels:.3f}", flush=True)
-    results = {"pixels": [pixels]}
+    results = {"pixels": {"flatten": [pixels]}}
     start = time.time()
     for name, objective, steps in [
         ("untrained", "dsd", 0),
         *((mode, mode, args.steps) for mode in OBJECTIVES),
     ]:
-        results[name] = []
+        results[name] = {"mean": [], "flatten": []}
         for seed in args.seeds:
             model = train(objective, seed, steps, train_x, train_y)
-            accuracy = keras_dsd.metrics.linear_probe_accuracy(
-                model, train_x, train_y, test_x, test_y
-            )
-            results[name].append(accuracy)
-            print(
-                f"{name} seed {seed}: {accuracy:.3f} "
-                f"({(time.time() - start) / 60:.1f} min)",
-                flush=True,
-            )
+            for pooling in ("mean", "flatten"):
+                accuracy = keras_dsd.metrics.linear_probe_accuracy(
+                    model, train_x, train_y, test_x, test_y, pooling=pooling
+                )
+                results[name][pooling].append(accuracy)
+                print(
+                    f"{name} seed {seed} {pooling}: {accuracy:.3f} "
+                    f"({(time.time() - start) / 60:.1f} min)",
+                    flush=True,
+                )
     rows = [
-        "| features | steps | held-out accuracy (mean) | per seed |",
+        "| features | steps | mean-pooled latents (per seed) | "
+        "flattened latents (per seed) |",
         "|---|---|---|---|",
     ]
     for name, values in results.items():
         steps = {"pixels": "-", "untrained": "0"}.get(name, str(args.steps))
-        per_seed = " / ".join(f"{v:.3f}" for v in values)
-        rows.append(
-            f"| {name} | {steps} | {np.mean(values):.3f} | {per_seed} |"
-        )
+        cells = []
+        for pooling in ("mean", "flatten"):
+            if not values.get(pooling):
+                cells.append("-")
+                continue
+            per_seed = " / ".join(f"{v:.3f}" for v in values[pooling])
+            cells.append(f"{np.mean(values[pooling]):.3f} ({per_seed})")
+        rows.append(f"| {name} | {steps} | {cells[0]} | {cells[1]} |")
     table = "\n".join(rows)
     print(table)
     with open(os.path.join(args.output_dir, "probe.md"), "w") as f:

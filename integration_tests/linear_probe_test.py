@@ -28,9 +28,12 @@ def test_linear_probe_smoke(tmp_path):
     assert results["steps"] == 2 and results["seeds"] == [0]
     # The pixel probe separates the digits well above chance (10 %) even on
     # the smoke run's 204 training digits.
-    assert accuracy["pixels"][0] > 0.5
+    assert accuracy["pixels"]["flatten"][0] > 0.5
+    for name in ("untrained", "naive", "decoupled", "dsd"):
+        for pooling in ("mean", "flatten"):
+            assert 0.0 <= accuracy[name][pooling][0] <= 1.0, (name, pooling)
     table = (tmp_path / "probe.md").read_text()
-    assert "| dsd | 2 |" in table and "| pixels | - |" in table
+    assert "| dsd | 2 |" in table and "| pixels | - | - |" in table
 
 
 def test_bad_steps():

@@ -2,7 +2,8 @@
 
 A multinomial logistic regression is fitted on the features of a training
 split and scored on held-out features. `linear_probe_accuracy` does it on a
-DSD model's latents, mean-pooled over tokens; `probe_accuracy` on any
+DSD model's latents, mean-pooled over tokens (or all tokens side by side);
+`probe_accuracy` on any
 features (e.g. flattened pixels, the usual floor). Needs scikit-learn
 (`pip install scikit-learn`, part of the dev extras).
 """
@@ -10,6 +11,8 @@ features (e.g. flattened pixels, the usual floor). Needs scikit-learn
 import numpy as np
 
 from keras_dsd.utils import validation
+
+POOLINGS = ("mean", "flatten")
 
 
 def probe_accuracy(
@@ -74,12 +77,14 @@ def linear_probe_accuracy(
     seed=0,
     l2=1.0,
     batch_size=64,
+    pooling="mean",
 ):
     """Linear-probe accuracy of a DSD model's latents.
 
     Encodes the images with `model.encode` (the sampling-EMA weights),
-    averages each latent over its tokens (`(B, N, c)` -> `(B, c)`) and
-    returns `probe_accuracy` of those features.
+    averages each latent over its tokens (`(B, N, c)` -> `(B, c)`; with
+    `pooling="flatten"`, keeps every token: `(B, N * c)`) and returns
+    `probe_accuracy` of those features.
 
     Args:
         model: `keras_dsd.models.DSDImageGenerator` (anything with
@@ -93,6 +98,8 @@ def linear_probe_accuracy(
         seed: int. The split's seed. Defaults to `0`.
         l2: float. See `probe_accuracy`. Defaults to `1.0`.
         batch_size: int. Images per `encode` call. Defaults to `64`.
+        pooling: string. `"mean"` (over tokens) or `"flatten"`. Defaults
+            to `"mean"`.
 
     Returns:
         float: held-out accuracy.
@@ -103,6 +110,7 @@ def linear_probe_accuracy(
     accuracy = keras_dsd.metrics.linear_probe_accuracy(model, images, labels)
     ```
     """
+    validation.check_choice(pooling, POOLINGS, "pooling")
     images = validation.check_images(images)
     labels = _check_labels(labels, len(images), "labels")
     if (test_images is None) != (test_labels is None):
@@ -132,7 +140,10 @@ def linear_probe_accuracy(
         )
 
     def pooled(x):
-        return np.asarray(model.encode(x, batch_size=batch_size)).mean(axis=1)
+        latents = np.asarray(model.encode(x, batch_size=batch_size))
+        if pooling == "mean":
+            return latents.mean(axis=1)
+        return latents.reshape(len(latents), -1)
 
     return probe_accuracy(
         pooled(images), labels, pooled(test_images), test_labels, l2=l2

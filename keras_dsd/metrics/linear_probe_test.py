@@ -79,6 +79,17 @@ def test_model_probe_runs_on_mean_pooled_latents():
     )
     images = images.astype("uint8")
     assert linear_probe_accuracy(Encoder(), images, labels) == 1.0
+    # Flattened: the class is in one token's mean only (token 2 is bright
+    # for class 1), which averaging over the 4 tokens still shows, and
+    # keeping the tokens apart shows too.
+    one_token = rng.integers(0, 100, (200, 8, 8, 3))
+    one_token[:, 4:6] += 150 * labels[:, None, None, None]
+    one_token = one_token.astype("uint8")
+    for pooling in ("mean", "flatten"):
+        accuracy = linear_probe_accuracy(
+            Encoder(), one_token, labels, pooling=pooling
+        )
+        assert accuracy == 1.0, pooling
     # Random labels: chance (40 held-out images; 3 std = 0.24).
     shuffled = rng.permutation(labels)
     accuracy = linear_probe_accuracy(Encoder(), images, shuffled, seed=1)
@@ -142,6 +153,10 @@ def test_bad_model_probe_input():
     with pytest.raises(ValueError, match="go together"):
         linear_probe_accuracy(
             None, images, np.zeros(10, "int32"), test_images=images
+        )
+    with pytest.raises(ValueError, match="pooling='max'"):
+        linear_probe_accuracy(
+            None, images, np.zeros(10, "int32"), pooling="max"
         )
     with pytest.raises(ValueError, match="test_fraction"):
         linear_probe_accuracy(
