@@ -108,3 +108,18 @@ def test_training_on_imagenet_guide(tmp_path):
     for name in ("loop_00002.png", "loop_00003.png"):
         assert read_png(run / "samples" / name).std() > 0
     assert "FD-EffNetLite0:" in stdout
+
+
+def test_editing_digits_guide(tmp_path):
+    stdout = run_guide("editing_digits", tmp_path)
+    out = tmp_path / "editing_digits"
+    # One held-out digit per class: the digits above 3 strengths, the
+    # digits above their class swap, and digits / masked / completed.
+    strengths = read_png(out / "strengths.png")
+    assert strengths.shape[:2] == grid_shape(4, 10)
+    assert read_png(out / "class_swap.png").shape[:2] == grid_shape(2, 10)
+    assert read_png(out / "inpainting.png").shape[:2] == grid_shape(3, 10)
+    for name in ("interpolation.png", "interpolation_denoised.png"):
+        assert read_png(out / name).shape[:2] == grid_shape(4, 8), name
+    assert "pixels outside the mask unchanged: True" in stdout
+    assert re.search(r"linear probe on the mean-pooled latents: \d+%", stdout)

@@ -14,6 +14,8 @@ from keras_dsd.metrics.generative_metrics import InceptionScore
 from keras_dsd.metrics.generative_metrics import PrecisionRecall
 from keras_dsd.metrics.generative_metrics import precision_recall
 from keras_dsd.metrics.generative_metrics import psnr
+from keras_dsd.metrics.linear_probe import linear_probe_accuracy
+from keras_dsd.metrics.linear_probe import probe_accuracy
 from keras_dsd.models.dsd.latent_metrics import covariance_eigenvalues
 from keras_dsd.models.dsd.latent_metrics import effective_rank
 from keras_dsd.models.dsd.latent_metrics import latent_std

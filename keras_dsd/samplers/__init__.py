@@ -1,9 +1,13 @@
 """Fixed-grid ODE samplers for the probability-flow ODE `dz/dt = v(z, t)`.
 
 Time runs from `t = 0` (pure noise) to `t = 1` (data). Each sampler is one
-function `sampler(velocity_fn, latents, timesteps)` written with
-`keras.ops.fori_loop`, so that it compiles into one program on every
-backend. `velocity_fn(z, t)` takes the latents and a scalar time.
+function `sampler(velocity_fn, latents, timesteps, start=0)` written with
+`keras.ops.fori_loop`, so that JAX and TensorFlow compile the whole loop
+into one XLA program; PyTorch runs it eagerly, one step after another.
+`velocity_fn(z, t)` takes the latents and a scalar time. `start` (an int
+or an int32 scalar tensor) skips the first steps of the grid: the sampler
+integrates from `timesteps[start]`, which is how image-to-image runs part
+of the grid with one compiled function for every strength.
 
 `SAMPLERS` is the registry: each entry records the function and its
 number of network evaluations for a given step count. To add a sampler,
@@ -23,8 +27,9 @@ class Sampler:
 
     Attributes:
         name: string. The name `generate(sampler=...)` takes.
-        fn: callable `(velocity_fn, latents, timesteps)` -> latents at the
-            last time of `timesteps`.
+        fn: callable `(velocity_fn, latents, timesteps, start=0)` ->
+            latents at the last time of `timesteps`, integrated from
+            `timesteps[start]`.
         num_function_evaluations: callable `num_steps` -> network
             evaluations (NFE) of `num_steps` steps.
     """
@@ -62,7 +67,7 @@ def time_grid(num_steps, shift=1.0):
 
 
 @register_sampler("euler", lambda num_steps: num_steps)
-def euler(velocity_fn, latents, timesteps):
+def euler(velocity_fn, latents, timesteps, start=0):
     """Explicit Euler: one network evaluation per step."""
     timesteps = ops.convert_to_tensor(timesteps, "float32")
     num_steps = timesteps.shape[0] - 1
@@ -72,17 +77,19 @@ def euler(velocity_fn, latents, timesteps):
         t1 = ops.take(timesteps, i + 1)
         return z + (t1 - t0) * velocity_fn(z, t0)
 
-    return ops.fori_loop(0, num_steps, step, latents)
+    return ops.fori_loop(start, num_steps, step, latents)
 
 
 @register_sampler("heun", lambda num_steps: 2 * num_steps - 1)
-def heun(velocity_fn, latents, timesteps):
+def heun(velocity_fn, latents, timesteps, start=0):
     """Heun's second-order method; the last step is an Euler step.
 
     The corrector of the last step would evaluate the network at `t = 1`,
     where the clean-latent velocity `(z_hat - z) / (1 - t)` is undefined, so
     the last step lands on the network's clean-latent prediction instead
-    (as EDM does at `sigma = 0`). `2 * num_steps - 1` network evaluations.
+    (as EDM does at `sigma = 0`). `2 * num_steps - 1` network evaluations;
+    from `start`, `2 * (num_steps - start) - 1`, and none when `start` is
+    `num_steps`.
     """
     timesteps = ops.convert_to_tensor(timesteps, "float32")
     num_steps = timesteps.shape[0] - 1
@@ -94,10 +101,17 @@ def heun(velocity_fn, latents, timesteps):
         v1 = velocity_fn(z + (t1 - t0) * v0, t1)
         return z + (t1 - t0) * 0.5 * (v0 + v1)
 
-    z = ops.fori_loop(0, num_steps - 1, step, latents)
+    z = ops.fori_loop(start, num_steps - 1, step, latents)
     t0 = ops.take(timesteps, num_steps - 1)
     t1 = ops.take(timesteps, num_steps)
-    return z + (t1 - t0) * velocity_fn(z, t0)
+
+    def last_step():
+        return z + (t1 - t0) * velocity_fn(z, t0)
+
+    if isinstance(start, (int, np.integer)):
+        return last_step() if start < num_steps else z
+    # One branch runs: no network evaluation when every step is skipped.
+    return ops.cond(ops.less(start, num_steps), last_step, lambda: z)
 
 
 def check_num_steps(num_steps):

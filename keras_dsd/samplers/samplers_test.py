@@ -195,6 +195,47 @@ def test_num_function_evaluations_counts_calls(sampler, num_steps):
     assert len(calls) == expected
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+@pytest.mark.parametrize("start", [0, 2, 3, 4])
+def test_start_integrates_the_tail_of_the_grid(start, as_tensor):
+    # From `start`, the sampler is the numpy reference on grid[start:]; at
+    # start = num_steps it returns its input without evaluating anything.
+    noise = _noise(64)
+    grid = samplers.time_grid(4, shift=2.0)
+    tail = grid[start:].astype("float64")
+    calls = []
+
+    def velocity(z, t):
+        calls.append(1)
+        return clean_latent_velocity(z, t)
+
+    for sampler in ("euler", "heun"):
+        calls.clear()
+        begin = ops.convert_to_tensor(start, "int32") if as_tensor else start
+        with test_utils.eager_loops():
+            actual = test_utils.to_numpy(
+                samplers.get(sampler)(
+                    velocity, ops.convert_to_tensor(noise), grid, begin
+                )
+            )
+        z = noise.astype("float64")
+        if len(tail) < 2:
+            expected = z
+        elif sampler == "heun":
+            _, expected = _numpy_heun(_numpy_clean_latent_velocity, z, tail)
+        else:
+            expected = z
+            for t0, t1 in zip(tail[:-1], tail[1:]):
+                expected = expected + (t1 - t0) * (
+                    _numpy_clean_latent_velocity(expected, t0)
+                )
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+        steps = 4 - start
+        assert len(calls) == (
+            steps if sampler == "euler" else max(0, 2 * steps - 1)
+        )
+
+
 # === Time grid ===
 
 

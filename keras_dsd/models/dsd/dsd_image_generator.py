@@ -497,20 +497,32 @@ class DSDImageGenerator(keras.Model):
         guidance_scale=None,
         time_shift=1.0,
         guidance_interval=None,
+        start=0,
+        clean_latents=None,
+        known_tokens=None,
     ):
-        """Noise `(B, N, c)` and labels `(B,)` -> `{"images", "latents"}`:
-        float32 images in about `[-1, 1]` and the sampled latents.
+        """Starting latents `(B, N, c)` and labels `(B,)` ->
+        `{"images", "latents"}`: float32 images in about `[-1, 1]` and the
+        sampled latents.
 
         A pure function of the inference weights and its inputs, suitable
-        for compilation. See `generate` for the arguments.
+        for compilation. `guidance_scale`, `time_shift` and the bounds of
+        `guidance_interval` may be floats or float32 scalar tensors (a
+        tensor keeps one compiled function for every value). See `generate`
+        for the arguments.
+
+        Image-to-image and inpainting: `noise` holds the latents at the
+        grid time `t_start` of step `start` (an int or int32 scalar
+        tensor), from which the sampler integrates. With `known_tokens` (a
+        bool `(B, N)` tensor), those tokens follow the straight path
+        `t * clean_latents + (1 - t) * eps` instead of the network's
+        velocity, with the `eps` that puts `noise` on that path at
+        `t_start`: at each time the network sees them as the input's
+        latents noised to that time, and they end on `clean_latents`.
         """
         network = self.inference_backbone
-        timesteps = samplers.time_grid(num_steps, time_shift)
+        timesteps = _time_grid(num_steps, time_shift)
         null = ops.full_like(labels, network.null_class)
-        if guidance_interval is not None:
-            guidance_interval = samplers.check_guidance_interval(
-                guidance_interval, guidance_scale
-            )
 
         def conditional_velocity(z, t):
             batch_t = ops.full((ops.shape(z)[0],), t)
@@ -533,7 +545,7 @@ class DSDImageGenerator(keras.Model):
                 conditional - unconditional
             )
 
-        def velocity(z, t):
+        def network_velocity(z, t):
             if guidance_scale is None:
                 return conditional_velocity(z, t)
             if guidance_interval is None:
@@ -541,9 +553,9 @@ class DSDImageGenerator(keras.Model):
             # The samplers loop with `ops.fori_loop`, so `t` is a traced
             # scalar: `ops.cond` runs one branch per evaluation, and the
             # doubled batch only inside the interval.
-            t_low, t_high = guidance_interval
             inside = ops.logical_and(
-                ops.greater_equal(t, t_low), ops.less(t, t_high)
+                ops.greater_equal(t, guidance_interval[0]),
+                ops.less(t, guidance_interval[1]),
             )
             return ops.cond(
                 inside,
@@ -551,7 +563,24 @@ class DSDImageGenerator(keras.Model):
                 lambda: conditional_velocity(z, t),
             )
 
-        latents = samplers.get(sampler)(velocity, noise, timesteps)
+        velocity = network_velocity
+        if known_tokens is not None:
+            # z(t) = t * x + (1 - t) * eps through `noise` at t_start, so
+            # eps = (noise - t_start * x) / (1 - t_start) and the path's
+            # velocity is x - eps. At t_start = 1 no step runs.
+            t_start = ops.take(timesteps, start)
+            eps = (noise - t_start * clean_latents) / ops.maximum(
+                1.0 - t_start, SAMPLING_EPSILON
+            )
+            path_velocity = clean_latents - eps
+            known = ops.expand_dims(known_tokens, -1)
+
+            def velocity(z, t):
+                return ops.where(known, path_velocity, network_velocity(z, t))
+
+        latents = samplers.get(sampler)(velocity, noise, timesteps, start)
+        if known_tokens is not None:
+            latents = ops.where(known, clean_latents, latents)
         return {"images": network.decode(latents), "latents": latents}
 
     def generate(
@@ -565,12 +594,38 @@ class DSDImageGenerator(keras.Model):
         batch_size=64,
         return_latents=False,
         guidance_interval=None,
+        images=None,
+        strength=None,
+        masks=None,
     ):
         """Generates class-conditional images with the sampling-EMA weights.
 
         Integrates the probability-flow ODE from Gaussian noise at `t = 0` to
-        `t = 1` on a fixed time grid in one compiled program, then decodes
-        with the same network.
+        `t = 1` on a fixed time grid, then decodes with the same network.
+        On JAX and TensorFlow, sampling and decoding are one XLA-compiled
+        function per batch shape and sampler setting (`guidance_scale`,
+        `time_shift`, `guidance_interval` and `strength` are inputs of
+        that function, so new values do not compile again); PyTorch runs
+        the same loop eagerly.
+
+        With `images`, edits them instead of starting from noise:
+
+        - Image-to-image (SDEdit): the images are encoded, noised along the
+          training path `z_t = t * E(x) + (1 - t) * eps` to the grid time
+          `t_k`, `k = num_steps - round(strength * num_steps)` (`1 -
+          strength` on the uniform grid), and the ODE runs the remaining
+          `m = num_steps - k` steps of the `num_steps` grid with
+          `class_labels`, which may differ from the images' classes. That
+          costs `m` network evaluations with Euler and `2 * m - 1` with
+          Heun (none at `m = 0`): about `strength` times those of
+          generation. `strength=0` returns `decode(encode(images))`;
+          `strength=1` is generation from the same noise as without
+          `images`.
+        - Inpainting (`masks`, True = regenerate): the latent tokens whose
+          patch holds no masked pixel follow the input's latents noised to
+          each time (token replacement, as RePaint does in pixel space),
+          the others are generated; every pixel outside the mask is
+          returned unchanged from `images`.
 
         Args:
             class_labels: int or sequence of ints in `[0, num_classes)`: one
@@ -601,10 +656,26 @@ class DSDImageGenerator(keras.Model):
                 (Kynkäänniemi et al., 2024,
                 https://arxiv.org/abs/2404.07724). `None` (the default)
                 guides every evaluation. Requires `guidance_scale`.
+            images: `None` or uint8-scale images `(len(class_labels), H, W,
+                3)` of the model's size, to edit.
+            strength: float in `[0, 1]` or `None`: how much of the grid to
+                re-run on `images` (see above). `None` is `1.0` with
+                `masks` and `0.8` without. Requires `images`.
+            masks: `None` or a bool array `(len(class_labels), H, W)`:
+                the pixels of `images` to regenerate. Requires `images`.
 
         Returns:
             uint8 numpy array `(len(class_labels), H, W, 3)`, and the float32
             latents if `return_latents`.
+
+        Example:
+        ```python
+        # A 3 redrawn as an 8, and the lower half of a digit regenerated.
+        eights = model.generate([8], images=three, strength=0.6, seed=0)
+        masks = np.zeros((1, 32, 32), bool)
+        masks[:, 16:] = True
+        completed = model.generate([3], images=three, masks=masks, seed=0)
+        ```
         """
         network = self.inference_backbone
         labels = validation.check_labels(class_labels, network.num_classes)
@@ -622,37 +693,215 @@ class DSDImageGenerator(keras.Model):
             guidance_interval = samplers.check_guidance_interval(
                 guidance_interval, guidance_scale
             )
+        if images is None:
+            for name, value in (("strength", strength), ("masks", masks)):
+                if value is not None:
+                    raise ValueError(
+                        f"`{name}` needs `images` to edit; got {name} "
+                        "without images=."
+                    )
+        else:
+            images, strength, masks = _check_edit_inputs(
+                images, strength, masks, len(labels), network
+            )
         noise = (
             np.random.default_rng(seed)
             .standard_normal((len(labels), *network.latent_shape))
             .astype("float32")
         )
+        scalars = (
+            np.float32(0.0 if guidance_scale is None else guidance_scale),
+            np.float32(time_shift),
+            np.array(guidance_interval or (0.0, 1.0), "float32"),
+        )
+        options = (
+            num_steps,
+            sampler,
+            guidance_scale is not None,
+            guidance_interval is not None,
+        )
+        if images is None:
+            step = self._sampling_function("generate", options)
+            images_out, latents = _batched(
+                step, (noise, labels), batch_size, constants=scalars
+            )
+            images_out = _to_uint8(images_out)
+            return (images_out, latents) if return_latents else images_out
 
-        def step(noise, labels):
+        clean = self.encode(images, batch_size=batch_size)
+        steps_run = int(np.floor(strength * num_steps + 0.5))
+        start = num_steps - steps_run
+        t_start = samplers.time_grid(num_steps, time_shift)[start]
+        starting = t_start * clean + (1.0 - t_start) * noise
+        known = _known_tokens(masks, network, len(labels))
+        step = self._sampling_function("edit", options)
+        images_out, latents = _batched(
+            step,
+            (starting.astype("float32"), labels, clean, known),
+            batch_size,
+            constants=(np.int32(start), *scalars),
+        )
+        images_out = _to_uint8(images_out)
+        if masks is not None:
+            original = np.round(images).astype("uint8")
+            images_out = np.where(masks[..., None], images_out, original)
+        return (images_out, latents) if return_latents else images_out
+
+    def _sampling_function(self, kind, options):
+        """The compiled sampling function for `kind` (`"generate"` or
+        `"edit"`) and the options that change its program: step count,
+        sampler, and whether guidance and a guidance interval are on. The
+        scalar settings are its inputs."""
+        num_steps, sampler, guided, interval = options
+
+        def sample(noise, labels, start, scale, shift, bounds, **edit):
             outputs = self.generate_step(
                 noise,
                 labels,
                 num_steps,
                 sampler,
-                guidance_scale,
-                time_shift,
-                guidance_interval=guidance_interval,
+                guidance_scale=scale if guided else None,
+                time_shift=shift,
+                guidance_interval=bounds if interval else None,
+                start=start,
+                **edit,
             )
             return outputs["images"], outputs["latents"]
 
-        key = (
-            "generate",
-            num_steps,
-            sampler,
-            guidance_scale,
-            time_shift,
-            guidance_interval,
+        if kind == "generate":
+
+            def step(noise, labels, scale, shift, bounds):
+                return sample(noise, labels, 0, scale, shift, bounds)
+
+        else:
+
+            def step(noise, labels, clean, known, start, scale, shift, bounds):
+                return sample(
+                    noise,
+                    labels,
+                    start,
+                    scale,
+                    shift,
+                    bounds,
+                    clean_latents=clean,
+                    known_tokens=known,
+                )
+
+        return self._inference_function((kind, *options), step)
+
+    def interpolate(
+        self,
+        images_a,
+        images_b,
+        class_labels=None,
+        num=8,
+        strength=0.0,
+        num_steps=32,
+        sampler="heun",
+        seed=None,
+        batch_size=64,
+    ):
+        """Decodes the path between the latents of two batches of images.
+
+        Each pair `(images_a[i], images_b[i])` is encoded; both latents are
+        noised to the grid time of `strength` (as in `generate`'s
+        image-to-image, with one noise draw shared by the pair),
+        interpolated spherically over the whole latent at `num` evenly
+        spaced fractions, then denoised from that time with
+        `class_labels[i]` and decoded. `strength=0` decodes the spherical
+        interpolation of the clean latents, with no network evaluation
+        besides encoding and decoding; the ends are then
+        `decode(encode(images_a))` and `decode(encode(images_b))`.
+
+        Args:
+            images_a: uint8-scale images `(B, H, W, 3)` of the model's size.
+            images_b: images like `images_a`.
+            class_labels: `None` or ints `(B,)`: the class of each path's
+                denoising. Needed when `strength > 0`.
+            num: int >= 2. Images per path, ends included. Defaults to `8`.
+            strength: float in `[0, 1]`. Defaults to `0.0`.
+            num_steps, sampler, seed, batch_size: as in `generate`.
+
+        Returns:
+            uint8 numpy array `(B, num, H, W, 3)`.
+        """
+        network = self.inference_backbone
+        images_a = _check_model_images(images_a, network, "images_a")
+        images_b = _check_model_images(images_b, network, "images_b")
+        if images_b.shape != images_a.shape:
+            raise ValueError(
+                f"`images_b` must have the shape of `images_a`, "
+                f"{images_a.shape}; got {images_b.shape}."
+            )
+        num = validation.check_positive_int(num, "num")
+        if num < 2:
+            raise ValueError(f"`num` must be an int >= 2, got num={num!r}.")
+        strength = _check_strength(strength)
+        pairs = len(images_a)
+        if class_labels is None:
+            if strength > 0:
+                raise ValueError(
+                    f"`class_labels` is needed to denoise the path at "
+                    f"strength={strength!r}; got class_labels=None."
+                )
+            class_labels = np.zeros((pairs,), "int32")
+        labels = validation.check_labels(class_labels, network.num_classes)
+        if len(labels) != pairs:
+            raise ValueError(
+                f"`class_labels` must hold one label per pair ({pairs}); got "
+                f"{len(labels)}."
+            )
+        num_steps = samplers.check_num_steps(num_steps)
+        samplers.check_sampler(sampler)
+        batch_size = validation.check_positive_int(batch_size, "batch_size")
+        steps_run = int(np.floor(strength * num_steps + 0.5))
+        t_start = samplers.time_grid(num_steps)[num_steps - steps_run]
+        noise = (
+            np.random.default_rng(seed)
+            .standard_normal((pairs, *network.latent_shape))
+            .astype("float32")
         )
-        images, latents = _batched(
-            self._inference_function(key, step), (noise, labels), batch_size
+        ends = [
+            t_start * self.encode(x, batch_size=batch_size)
+            + (1.0 - t_start) * noise
+            for x in (images_a, images_b)
+        ]
+        fractions = np.linspace(0.0, 1.0, num)
+        path = _slerp(ends[0], ends[1], fractions)  # (B, num, N, c)
+        flat = path.reshape((pairs * num, *network.latent_shape))
+        if steps_run == 0:
+            decoded = self.decode(flat, batch_size=batch_size)
+        else:
+            decoded = self._denoise_from(
+                flat,
+                np.repeat(labels, num),
+                num_steps,
+                sampler,
+                steps_run,
+                batch_size,
+            )
+        return decoded.reshape((pairs, num, *decoded.shape[1:]))
+
+    def _denoise_from(
+        self, latents, labels, num_steps, sampler, steps_run, batch_size
+    ):
+        """Runs the last `steps_run` steps of the uniform grid from
+        `latents` and decodes: uint8 images."""
+        options = (num_steps, sampler, False, False)
+        step = self._sampling_function("edit", options)
+        known = np.zeros(latents.shape[:2], bool)
+        images, _ = _batched(
+            step,
+            (latents.astype("float32"), labels, latents, known),
+            batch_size,
+            constants=(
+                np.int32(num_steps - steps_run),
+                np.float32(0.0),
+                np.float32(1.0),
+                np.array((0.0, 1.0), "float32"),
+            ),
         )
-        images = _to_uint8(images)
-        return (images, latents) if return_latents else images
+        return _to_uint8(images)
 
     def encode(self, images, batch_size=64):
         """uint8 images `(B, H, W, 3)` -> float32 latents `(B, N, c)`."""
@@ -775,14 +1024,103 @@ class _ReplicaSeedGenerator(keras.random.SeedGenerator):
         return seed + ops.cast(offset, seed.dtype)
 
 
+def _time_grid(num_steps, shift):
+    """`samplers.time_grid` as a tensor when `shift` is one, so that the
+    shift is an input of the compiled function rather than a constant."""
+    if isinstance(shift, (int, float, np.integer, np.floating)):
+        return samplers.time_grid(num_steps, shift)
+    s = np.linspace(0.0, 1.0, num_steps + 1).astype("float32")
+    shift = ops.cast(shift, "float32")
+    return s / (1.0 + (shift - 1.0) * (1.0 - s))
+
+
+def _check_strength(strength):
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(strength, bool) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"`strength` must be a finite float in [0, 1], got "
+            f"strength={strength!r}."
+        )
+    return value
+
+
+def _check_model_images(images, network, name):
+    images = validation.check_images(
+        images, network.image_size, network.patch_size, name=name
+    )
+    validation.check_not_empty(images, name)
+    return images
+
+
+def _check_edit_inputs(images, strength, masks, num_labels, network):
+    """Validates `generate`'s editing inputs; returns them as numpy
+    (`strength` as a float with its default filled in)."""
+    images = _check_model_images(images, network, "images")
+    if len(images) != num_labels:
+        raise ValueError(
+            f"`images` must hold one image per class label ({num_labels}); "
+            f"got {len(images)}."
+        )
+    if masks is not None:
+        masks = validation.to_numpy(masks, "masks")
+        expected = images.shape[:3]
+        if masks.dtype != bool or masks.shape != expected:
+            raise ValueError(
+                f"`masks` must be a bool array of shape {expected} (True = "
+                f"regenerate); got shape {masks.shape} and dtype "
+                f"{masks.dtype}."
+            )
+    if strength is None:
+        strength = 1.0 if masks is not None else 0.8
+    return images, _check_strength(strength), masks
+
+
+def _known_tokens(masks, network, batch):
+    """Bool `(B, N)`: the tokens whose patch holds no masked pixel (all
+    False without masks, so that both share one compiled function), in the
+    row-major order of `PatchEmbedding`."""
+    if masks is None:
+        return np.zeros((batch, network.latent_shape[0]), bool)
+    patch_size = network.patch_size
+    b, h, w = masks.shape
+    rows, cols = h // patch_size, w // patch_size
+    touched = masks.reshape(b, rows, patch_size, cols, patch_size).any((2, 4))
+    return ~touched.reshape(b, rows * cols)
+
+
+def _slerp(a, b, fractions):
+    """Spherical interpolation of each pair `(a[i], b[i])` (flattened) at
+    `fractions`: `(B, ...)` x2 -> `(B, len(fractions), ...)`; linear where
+    the two are (anti)parallel to float64 precision."""
+    a64 = a.reshape(len(a), -1).astype("float64")
+    b64 = b.reshape(len(b), -1).astype("float64")
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    cosine = np.clip(
+        np.sum(a64 * b64, axis=1) / np.maximum(norms, 1e-30), -1, 1
+    )
+    omega = np.arccos(cosine)[:, None]
+    f = np.asarray(fractions, "float64")[None, :]
+    sin_omega = np.sin(omega)
+    linear = sin_omega < 1e-6
+    safe = np.where(linear, 1.0, sin_omega)
+    wa = np.where(linear, 1.0 - f, np.sin((1.0 - f) * omega) / safe)
+    wb = np.where(linear, f, np.sin(f * omega) / safe)
+    path = wa[..., None] * a64[:, None] + wb[..., None] * b64[:, None]
+    return path.reshape((len(a), len(f[0]), *a.shape[1:])).astype("float32")
+
+
 def _to_uint8(images):
     images = np.clip(np.asarray(images, "float32"), -1.0, 1.0)
     return np.round((images + 1.0) * 127.5).astype("uint8")
 
 
-def _batched(fn, arrays, batch_size):
-    """Runs `fn` over fixed-size batches (the last one padded), so that the
-    compiled program sees a single shape, and concatenates the outputs."""
+def _batched(fn, arrays, batch_size, constants=()):
+    """Runs `fn(*batch, *constants)` over fixed-size batches of `arrays`
+    (the last one padded), so that a compiled function sees a single
+    shape, and concatenates the outputs."""
     total = len(arrays[0])
     if total == 0:
         raise ValueError("Nothing to process: got an empty batch.")
@@ -796,7 +1134,7 @@ def _batched(fn, arrays, batch_size):
                 np.concatenate([c, np.repeat(c[-1:], batch_size - real, 0)])
                 for c in chunk
             ]
-        result = fn(*chunk)
+        result = fn(*chunk, *constants)
         outputs.append(keras.tree.map_structure(lambda r: r[:real], result))
     if isinstance(outputs[0], (tuple, list)):
         return tuple(
