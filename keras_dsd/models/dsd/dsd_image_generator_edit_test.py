@@ -299,6 +299,14 @@ def test_bad_interpolation_arguments(images, kwargs, match):
 
 # === A trained digits model (slow) ===
 
+# Training the digits recipe takes minutes; it runs on JAX, the fastest
+# trainer on a CPU. The editing code itself is checked on every backend
+# by the tests above, against independent loops.
+trained_on_jax_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="trains the digits recipe for minutes: run on JAX only",
+)
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -327,6 +335,7 @@ def digits():
 
 
 @pytest.mark.large
+@trained_on_jax_only
 def test_trained_image_to_image_swaps_the_class(digits):
     from keras_dsd.metrics import classify_digits
 
@@ -351,6 +360,7 @@ def test_trained_image_to_image_swaps_the_class(digits):
 
 
 @pytest.mark.large
+@trained_on_jax_only
 def test_trained_inpainting_keeps_the_class(digits):
     from keras_dsd.metrics import classify_digits
 
