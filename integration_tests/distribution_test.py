@@ -79,7 +79,7 @@ def test_two_devices_match_one_device(tmp_path):
 
 # Two JAX or TensorFlow processes start their runtimes and compile twice:
 # about 1-2 min here, so in the full tier (PyTorch's: about 20 s).
-@(pytest.mark.large if BACKEND != "torch" else lambda test: test)
+@pytest.mark.large(except_backend="torch")
 def test_two_processes_match_one_process(tmp_path):
     out = tmp_path / "summary.json"
     results = multi_process.launch(BACKEND, WORKER, [str(out)], timeout=600)
