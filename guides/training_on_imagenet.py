@@ -155,7 +155,7 @@ print(
 """
 ## The recipe and the presets
 
-The defaults of `train_imagenet.py` are the design recipe: `--preset dsd_s`
+The defaults of `train_imagenet.py` are the `imagenet` recipe: `--preset dsd_s`
 at 256x256 with patch 16 (256 tokens, latent `c = 32`), global batch 256,
 AdamW with learning rate 1e-4 and no weight decay, EMA teacher 0.999,
 sampling EMA 0.9999 (both with a warm-up), logit-normal times, the `dsd`
