@@ -126,30 +126,32 @@ def test_move_averages_is_decay_times_average_plus_rest_times_weight(dtype):
 @pytest.mark.skipif(
     keras.backend.backend() != "torch", reason="torch.compile's settings"
 )
-def test_compiled_training_raises_dynamos_recompile_limit(monkeypatch):
+def test_compiled_training_raises_dynamos_recompile_limit():
     import torch._dynamo
 
     from keras_dsd.testing import test_utils
 
     config = torch._dynamo.config
-    monkeypatch.setattr(config, "recompile_limit", 8)
-    monkeypatch.setattr(config, "accumulated_recompile_limit", 256)
-    model = keras_dsd.models.DSDImageGenerator(
-        backbone=test_utils.tiny_backbone(), seed=0
-    )
-    # Eager: left alone.
-    model.compile(jit_compile=False)
-    assert config.recompile_limit == 8
-    # Compiled: room for a version of a frame per Dense of the blocks (six
-    # in each block of the network, teacher and EMA copies), which also
-    # covers a block's own frames per instance and gradient mode.
-    backbones = [model.backbone, model.teacher_backbone, model.ema_backbone]
-    blocks = sum(len(b.transformer_blocks) for b in backbones)
-    assert blocks == 3 * test_utils.TINY_CONFIG["num_layers"]
-    model.compile(jit_compile=True)
-    assert config.recompile_limit >= 6 * blocks
-    assert config.accumulated_recompile_limit == 256
-    # Never lowered.
-    monkeypatch.setattr(config, "recompile_limit", 10_000)
-    model.compile(jit_compile=True)
-    assert config.recompile_limit == 10_000
+    # torch's own patch context, not pytest's monkeypatch: monkeypatch
+    # cannot see these settings statically and deletes them when it undoes,
+    # which hides them from every later test of the process.
+    with config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        model = keras_dsd.models.DSDImageGenerator(
+            backbone=test_utils.tiny_backbone(), seed=0
+        )
+        # Eager: left alone.
+        model.compile(jit_compile=False)
+        assert config.recompile_limit == 8
+        # Compiled: room for a version of a frame per Dense of the blocks
+        # (six in each block of the network, teacher and EMA copies), which
+        # also covers a block's own frames per instance and gradient mode.
+        backbones = [model.backbone, model.teacher_backbone, model.ema_backbone]
+        blocks = sum(len(b.transformer_blocks) for b in backbones)
+        assert blocks == 3 * test_utils.TINY_CONFIG["num_layers"]
+        model.compile(jit_compile=True)
+        assert config.recompile_limit >= 6 * blocks
+        assert config.accumulated_recompile_limit == 256
+        # Never lowered.
+        config.recompile_limit = 10_000
+        model.compile(jit_compile=True)
+        assert config.recompile_limit == 10_000
