@@ -1,3 +1,4 @@
+import atexit
 import contextlib
 import math
 import os
@@ -481,7 +482,19 @@ def initialize_processes(multi_host=False):
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+    # Leave the group before the interpreter shuts down: a group still
+    # alive then is torn down with its threads running, which aborted a
+    # finished process now and then ("terminate called without an active
+    # exception", SIGABRT).
+    atexit.register(_leave_process_group)
     return dist.get_world_size(), dist.get_rank()
+
+
+def _leave_process_group():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _int_variable(name, minimum):
