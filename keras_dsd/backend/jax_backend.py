@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import keras
 
+from keras_dsd.backend.environment import int_variable
+
 
 def compile_inference_function(fn, variables):
     variables = list(variables)
@@ -227,8 +229,8 @@ def initialize_processes(multi_host=False):
                 f"; {', '.join(missing)} is not set (got "
                 f"{', '.join(f'{k}={v!r}' for k, v in given.items() if v)})."
             )
-        count = _int_variable("KERAS_DISTRIBUTION_NUM_PROCESSES", 1)
-        index = _int_variable("KERAS_DISTRIBUTION_PROCESS_ID", 0)
+        count = int_variable("KERAS_DISTRIBUTION_NUM_PROCESSES", 1)
+        index = int_variable("KERAS_DISTRIBUTION_PROCESS_ID", 0)
         if index >= count:
             raise ValueError(
                 f"KERAS_DISTRIBUTION_PROCESS_ID={index} is out of range for "
@@ -246,17 +248,6 @@ def initialize_processes(multi_host=False):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     keras.distribution.initialize()
     return jax.process_count(), jax.process_index()
-
-
-def _int_variable(name, minimum):
-    value = os.environ[name]
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or number < minimum:
-        raise ValueError(f"{name}={value!r} is not an integer >= {minimum}.")
-    return number
 
 
 def setup_data_parallel(devices, tpu, multi_host):

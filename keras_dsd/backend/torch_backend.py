@@ -7,6 +7,8 @@ import time
 import keras
 import torch
 
+from keras_dsd.backend.environment import int_variable
+
 
 def compile_inference_function(fn, variables):
     def run(*args):
@@ -461,7 +463,7 @@ def initialize_processes(multi_host=False):
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     given = {k: os.environ.get(k) for k in PROCESS_VARIABLES}
-    world_size = _int_variable("WORLD_SIZE", 1) if given["WORLD_SIZE"] else 1
+    world_size = int_variable("WORLD_SIZE", 1) if given["WORLD_SIZE"] else 1
     if world_size == 1:
         return 1, 0
     for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -471,14 +473,14 @@ def initialize_processes(multi_host=False):
                 f"processes with `torchrun`, which sets RANK, LOCAL_RANK, "
                 f"MASTER_ADDR and MASTER_PORT."
             )
-    rank = _int_variable("RANK", 0)
+    rank = int_variable("RANK", 0)
     if rank >= world_size:
         raise ValueError(
             f"RANK={rank} is out of range for WORLD_SIZE={world_size}: "
             f"expected 0 to {world_size - 1}."
         )
     if torch.cuda.is_available():
-        torch.cuda.set_device(_int_variable("LOCAL_RANK", 0))
+        torch.cuda.set_device(int_variable("LOCAL_RANK", 0))
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
@@ -495,17 +497,6 @@ def _leave_process_group():
 
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _int_variable(name, minimum):
-    value = os.environ[name]
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or number < minimum:
-        raise ValueError(f"{name}={value!r} is not an integer >= {minimum}.")
-    return number
 
 
 def setup_data_parallel(devices, tpu, multi_host):
