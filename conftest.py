@@ -6,7 +6,8 @@ pytest run). Two markers sort the tests (docs/tests.md):
 - `large`: slow tests (end-to-end runs whose path a faster test also
   covers), skipped unless `--run-large` is given (`scripts/test.sh --all`).
   `@pytest.mark.large(except_backend="torch")` keeps the test in the fast
-  tier on that one backend.
+  tier on that one backend; `@pytest.mark.large(only_backend="jax")` makes
+  it large on that backend alone.
 - `backend_independent`: tests that make no Keras call (argument parsing,
   file bookkeeping, metric arithmetic on numpy, the repository's layout).
   `--skip-backend-independent` deselects them: `scripts/test.sh` runs them
@@ -67,7 +68,10 @@ def pytest_collection_modifyitems(config, items):
     backend = keras.backend.backend()
     for item in items:
         marker = item.get_closest_marker("large")
-        if marker and marker.kwargs.get("except_backend") != backend:
+        if marker is None:
+            continue
+        only = marker.kwargs.get("only_backend", backend)
+        if only == backend and marker.kwargs.get("except_backend") != backend:
             item.add_marker(skip_large)
 
 

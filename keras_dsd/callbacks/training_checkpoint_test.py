@@ -177,7 +177,13 @@ def _stream(start):
 
 
 @pytest.mark.parametrize(
-    "steps_per_execution,accumulation", [(2, None), (1, 2)]
+    "steps_per_execution,accumulation",
+    [
+        (2, None),
+        # JAX's slowest fast test (18 s); its other case covers the resume
+        # path there in the fast tier.
+        pytest.param(1, 2, marks=pytest.mark.large(only_backend="jax")),
+    ],
 )
 def test_resume_continues_the_data_stream_at_the_right_batch(
     tmp_path, steps_per_execution, accumulation

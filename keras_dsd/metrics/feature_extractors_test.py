@@ -3,7 +3,6 @@ import os
 import pickle
 import zipfile
 
-import keras
 import numpy as np
 import pytest
 
@@ -19,9 +18,7 @@ needs_lite0_weights = pytest.mark.skipif(
 )
 # Random initialisation of InceptionV3's ~190 weights runs op by op; on JAX
 # that takes over 20 s on a CPU, so there the test is opt-in.
-large_on_jax = (
-    pytest.mark.large if keras.backend.backend() == "jax" else lambda f: f
-)
+large_on_jax = pytest.mark.large(only_backend="jax")
 
 
 @pytest.fixture(scope="module")

@@ -913,6 +913,8 @@ def test_gradient_accumulation_equals_a_larger_batch():
         )
 
 
+# 16 s on JAX (eager checks of a mixed-precision model); fast on TF and PyTorch.
+@pytest.mark.large(only_backend="jax")
 def test_mixed_bfloat16_training():
     backbone = test_utils.randomize_weights(
         test_utils.tiny_backbone(dtype="mixed_bfloat16"), seed=1, stddev=0.2
@@ -1200,6 +1202,8 @@ def test_float16_backbone_gets_loss_scaling():
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
+# 14 s on JAX; fast on TF and PyTorch.
+@pytest.mark.large(only_backend="jax")
 def test_float16_skipped_step_leaves_both_emas():
     # A loss scale of 2^100 overflows the float16 gradients: the
     # LossScaleOptimizer skips the step and halves its scale.
