@@ -1,26 +1,15 @@
 """Smoke run of the probe table (examples/linear_probe.py)."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-EXAMPLE = os.path.join(
-    os.path.dirname(__file__), "..", "examples", "linear_probe.py"
-)
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("linear_probe", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.large
-def test_linear_probe_smoke(tmp_path):
-    load_example().main(["--smoke", "--output-dir", str(tmp_path)])
+def test_linear_probe_smoke(tmp_path, load_example):
+    load_example("linear_probe").main(
+        ["--smoke", "--output-dir", str(tmp_path)]
+    )
     with open(tmp_path / "probe.json") as f:
         results = json.load(f)
     accuracy = results["accuracy"]
@@ -36,6 +25,6 @@ def test_linear_probe_smoke(tmp_path):
     assert "| dsd | 2 |" in table and "| pixels | - | - |" in table
 
 
-def test_bad_steps():
+def test_bad_steps(load_example):
     with pytest.raises(SystemExit):
-        load_example().parse_args(["--steps", "0"])
+        load_example("linear_probe").parse_args(["--steps", "0"])
