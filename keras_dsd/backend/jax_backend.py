@@ -176,11 +176,15 @@ def _gradient_barrier_jvp(primals, tangents):
     # Every bit pattern `b` has `b | 1 != 0`, so the first branch always
     # runs; the second only gives XLA a conditional it cannot remove. The
     # tangent's cond transposes to the same cond on the gradient (reverse
-    # mode), and forward mode keeps working.
-    tangent = jax.lax.cond(
-        (bits | 1) != 0, lambda t: t, lambda t: jnp.zeros_like(t), tangent
-    )
+    # mode), and forward mode keeps working. The branches are module-level
+    # functions: `lax.cond` caches its traced branches by function, and
+    # new lambdas at every call retraced them at every eager step.
+    tangent = jax.lax.cond((bits | 1) != 0, _identity, jnp.zeros_like, tangent)
     return x, tangent
+
+
+def _identity(x):
+    return x
 
 
 def replica_id():

@@ -89,6 +89,30 @@ def test_gradient_barrier_survives_xla_on_cpu():
     assert " conditional(" in hlo
 
 
+def test_eager_gradients_trace_the_barrier_once(monkeypatch):
+    # Eager steps (unit tests, `run_eagerly=True`) take the barrier's
+    # gradient outside any jit: its `lax.cond` must reuse the branches it
+    # traced the first time instead of tracing new ones at every call.
+    import jax
+
+    from keras_dsd.backend import jax_backend
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the barrier is a CPU-only rewrite")
+    traces = []
+
+    def identity(x):
+        traces.append(x.shape)
+        return x
+
+    monkeypatch.setattr(jax_backend, "_identity", identity)
+    grad = jax.grad(lambda x: (jax_backend.gradient_barrier(x) ** 2).sum())
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    for _ in range(3):
+        np.testing.assert_array_equal(grad(x), 2 * x)
+    assert traces == [(2, 3)]
+
+
 def test_residual_gradient_fusions_do_not_grow_with_depth(monkeypatch):
     import jax
 
