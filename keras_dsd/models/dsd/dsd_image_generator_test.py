@@ -1239,6 +1239,8 @@ def test_float16_skipped_step_leaves_both_emas():
     assert _ema_step(model) == 0
 
 
+# 18 s on JAX; fast on TF and PyTorch.
+@pytest.mark.large(only_backend="jax")
 def test_float16_training_moves_the_emas_with_the_warmup():
     model = _float16_model()
     teacher = model.teacher_backbone.get_weights()
