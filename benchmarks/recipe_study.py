@@ -59,7 +59,7 @@ import numpy as np
 
 import keras_dsd
 
-SCHEMA = "keras_dsd.recipe_study/1"
+SCHEMA = "keras_dsd.recipe_study/2"
 RESULTS_FILE = "results.jsonl"
 CLASSIFIER_FILE = "digit_classifier.keras"
 DEFAULT_RESULTS_DIR = os.path.join(
@@ -96,6 +96,9 @@ STUDY_DEFAULTS = {
     "learning_rate": None,
     "warmup_steps": 0,
     "clipnorm": None,
+    # "constant" after the warm-up, or "cosine": decay to 0 at the end of
+    # a step budget.
+    "lr_schedule": "constant",
 }
 
 
@@ -119,71 +122,26 @@ _DIGITS_DEMO = {
     },
     **_LEARNING_RATE,
 }
-_CANDIDATE = {
-    "learning_rate": 2e-3,
-    "warmup_steps": 100,
-    "clipnorm": 1.0,
-    "time_mean": -0.8,
-    "time_std": 0.8,
-    "label_dropout": 0.1,
-}
 CONFIGS = {
     # DSDImageGenerator(backbone) and compile() with no arguments: what a
     # new user gets today.
     "defaults": keras_dsd.recipes.generator_defaults(),
-    # The same before 2026-12-01: compile() was AdamW 1e-4.
-    "former_defaults": {"learning_rate": 1e-4},
-    # compile()'s 1e-4 barely moves a short run; with the demo's learning
-    # rate the training-time factors below are visible at a small budget.
-    "lr_2e-3_warmup": dict(_LEARNING_RATE),
-    "lr_2e-3+time_-0.8_0.8": {
-        **_LEARNING_RATE,
-        "time_mean": -0.8,
-        "time_std": 0.8,
+    # The `digits` recipe (examples/train_digits.py).
+    "digits": dict(_DIGITS_DEMO),
+    # One change each to the recipe.
+    "digits+label_dropout_0": {**_DIGITS_DEMO, "label_dropout": 0.0},
+    "digits+cosine": {**_DIGITS_DEMO, "lr_schedule": "cosine"},
+    "digits+diffusion_weight_3": {**_DIGITS_DEMO, "diffusion_loss_weight": 3.0},
+    "digits+t_min_0.05": {**_DIGITS_DEMO, "t_min": 0.05},
+    # The collapse study: the objectives at the library defaults.
+    "defaults+naive": {
+        **keras_dsd.recipes.generator_defaults(),
+        "objective": "naive",
     },
-    "lr_2e-3+t_min_0.25": {**_LEARNING_RATE, "t_min": 0.25},
-    "lr_2e-3+teacher_online": {**_LEARNING_RATE, "teacher": "online"},
-    "lr_2e-3+uniform": {**_LEARNING_RATE, "time_distribution": "uniform"},
-    "lr_2e-3+label_dropout_0.1": {**_LEARNING_RATE, "label_dropout": 0.1},
-    "digits_demo": dict(_DIGITS_DEMO),
-    # A candidate for new library defaults: the screen's best single
-    # change (logit-normal(-0.8, 0.8) times) on the demo's optimizer, with
-    # label dropout so that guidance can be scored; `t_min` stays 0.05.
-    "candidate_defaults": dict(_CANDIDATE),
-    "candidate_defaults+t_min_0.25": {**_CANDIDATE, "t_min": 0.25},
-    "candidate_defaults+lr_1e-3": {**_CANDIDATE, "learning_rate": 1e-3},
-    "uniform": {"time_distribution": "uniform"},
-    "time_mean_-0.5": {"time_mean": -0.5},
-    "time_-0.8_0.8": {"time_mean": -0.8, "time_std": 0.8},
-    "t_min_0.25": {"t_min": 0.25},
-    "teacher_online": {"teacher": "online"},
-    "label_dropout_0.1": {"label_dropout": 0.1},
-    "lr_1e-3_warmup": {
-        "learning_rate": 1e-3,
-        "warmup_steps": 100,
-        "clipnorm": 1.0,
+    "defaults+decoupled": {
+        **keras_dsd.recipes.generator_defaults(),
+        "objective": "decoupled",
     },
-    "teacher_decay_0.99": {"teacher_decay": 0.99},
-    "ema_decay_0.999": {"ema_decay": 0.999},
-    "batch_64": {"batch_size": 64},
-    "patch_4": {"backbone_overrides": {"patch_size": 4}},
-    "latent_channels_16": {"backbone_overrides": {"latent_channels": 16}},
-    # The demo's settings changed one at a time (the README's sweep, done
-    # before this study by benchmarks/digits_sweep.py, one seed each).
-    "digits_demo+uniform": {
-        **_DIGITS_DEMO,
-        "time_distribution": "uniform",
-        "label_dropout": 0.0,
-    },
-    "digits_demo+uniform+t_min_0.05": {
-        **_DIGITS_DEMO,
-        "time_distribution": "uniform",
-        "label_dropout": 0.0,
-        "t_min": 0.05,
-    },
-    "digits_demo+time_mean_0": {**_DIGITS_DEMO, "time_mean": 0.0},
-    "digits_demo+teacher_decay_0.99": {**_DIGITS_DEMO, "teacher_decay": 0.99},
-    "digits_demo+batch_64": {**_DIGITS_DEMO, "batch_size": 64},
 }
 
 
@@ -261,7 +219,11 @@ class Scorer:
     """The fixed split and the digit classifier that scores every run."""
 
     def __init__(
-        self, results_dir, samples_per_class, classifier_epochs=3, num_real=None
+        self,
+        results_dir,
+        samples_per_class,
+        classifier_epochs=20,
+        num_real=None,
     ):
         images, labels = keras_dsd.datasets.load_mnist_digits(image_size=32)
         held_out = np.arange(len(images)) % 5 == 0
@@ -356,7 +318,7 @@ class Scorer:
 # === One run ===
 
 
-def build_model(config, seed):
+def build_model(config, seed, total_steps=None):
     backbone = keras_dsd.models.DSDBackbone.from_preset(
         config["preset"], **config["backbone_overrides"]
     )
@@ -368,9 +330,22 @@ def build_model(config, seed):
     )
     if config["learning_rate"] is None:
         return model  # compiled at construction, as a new user gets it
-    learning_rate = keras_dsd.recipes.warmup_schedule(
-        config["learning_rate"], config["warmup_steps"]
-    )
+    if config["lr_schedule"] == "cosine":
+        if total_steps is None:
+            raise ValueError(
+                "lr_schedule 'cosine' decays to 0 at the end of a step "
+                "budget: use --steps, not --minutes."
+            )
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0,
+            decay_steps=total_steps - config["warmup_steps"],
+            warmup_target=config["learning_rate"],
+            warmup_steps=config["warmup_steps"],
+        )
+    else:
+        learning_rate = keras_dsd.recipes.warmup_schedule(
+            config["learning_rate"], config["warmup_steps"]
+        )
     model.compile(
         optimizer=keras.optimizers.AdamW(
             learning_rate=learning_rate,
@@ -483,7 +458,7 @@ def run_one(name, config, seed, budget, scorer, args):
     keras.utils.set_random_seed(seed)
     num_train = len(scorer.train_images)
     steps_per_epoch = math.ceil(num_train / config["batch_size"])
-    model = build_model(config, seed)
+    model = build_model(config, seed, budget.get("steps"))
     non_finite = NonFiniteLoss()
     callbacks = [non_finite]
     if "steps" in budget:
@@ -542,8 +517,45 @@ def run_one(name, config, seed, budget, scorer, args):
     record["evaluations"] = evaluate(
         model, scorer, evaluations, args.samples_per_class, seed
     )
+    # The same unguided sampler on the weights that are not the sampling
+    # EMA: the trained network itself, and the teacher if there is one.
+    for source in ("online", "teacher"):
+        with sampling_weights(model, source) as found:
+            if found:
+                scores = evaluate(
+                    model, scorer, evaluations[:1], args.samples_per_class, seed
+                )
+                for name, values in scores.items():
+                    record["evaluations"][f"{name}_{source}"] = values
     record["status"] = "ok"
     return record
+
+
+class sampling_weights:
+    """Samples from other weights: copies the trained network
+    (`"online"`) or the teacher (`"teacher"`) into the sampling EMA for the
+    duration of the block, then puts the EMA back. Yields whether that
+    source exists."""
+
+    def __init__(self, model, source):
+        self.model = model
+        self.source = {
+            "online": model.backbone,
+            "teacher": model.teacher_backbone,
+        }[source]
+        self.kept = None
+
+    def __enter__(self):
+        if self.source is None or self.model.ema_backbone is None:
+            return False
+        self.kept = self.model.ema_backbone.get_weights()
+        self.model.ema_backbone.set_weights(self.source.get_weights())
+        return True
+
+    def __exit__(self, *exc):
+        if self.kept is not None:
+            self.model.ema_backbone.set_weights(self.kept)
+        return False
 
 
 def _budget_tag(budget):
@@ -1080,7 +1092,7 @@ def parse_args(argv=None):
         default="1",
         help="resample: comma-separated grid shifts.",
     )
-    parser.add_argument("--classifier-epochs", type=int, default=3)
+    parser.add_argument("--classifier-epochs", type=int, default=20)
     parser.add_argument(
         "--stop-at",
         default=None,

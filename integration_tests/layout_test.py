@@ -172,7 +172,9 @@ RECIPE_LITERALS = [
     "warmup_target=2e-3",
     "learning_rate=2e-3",
     "time_mean=-0.5",
-    "CosineDecay(",
+    # The warm-up as a constant cosine (`alpha=1.0`), as the recipe once
+    # spelled it; a decaying cosine is a different schedule.
+    "alpha=1.0",
 ]
 
 
