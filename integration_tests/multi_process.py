@@ -88,13 +88,36 @@ def launch(backend, script, args, timeout, env=None, kill_when=None):
             "--nproc_per_node",
             "2",
         ]
+    commands = [
+        ([*prefix, script, *args], {**base, **extra})
+        for extra in process_environments(backend)
+    ]
+    return supervise(commands, timeout, kill_when)
+
+
+def launch_each(backend, script, environments, timeout):
+    """Runs `script` once per environment of `environments` (the
+    variables to add), each as a plain process of `backend`, whatever
+    launch settings they hold; returns as `launch` does."""
+    base = {**os.environ, "KERAS_BACKEND": backend}
+    base.pop("XLA_FLAGS", None)
+    for name in ("TF_CONFIG", "WORLD_SIZE", "RANK", *JAX_VARIABLES):
+        base.pop(name, None)
+    commands = [
+        ([sys.executable, script], {**base, **extra}) for extra in environments
+    ]
+    return supervise(commands, timeout)
+
+
+def supervise(commands, timeout, kill_when=None):
+    """Starts each `(argv, env)` of `commands`; see `launch`."""
     processes, logs = [], []
-    for extra in process_environments(backend):
+    for argv, env in commands:
         logs.append(tempfile.TemporaryFile("w+"))
         processes.append(
             subprocess.Popen(
-                [*prefix, script, *args],
-                env={**base, **extra},
+                argv,
+                env=env,
                 stdout=logs[-1],
                 stderr=subprocess.STDOUT,
                 text=True,
