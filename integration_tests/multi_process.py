@@ -95,16 +95,37 @@ def launch(backend, script, args, timeout, env=None, kill_when=None):
     return supervise(commands, timeout, kill_when)
 
 
-def launch_each(backend, script, environments, timeout):
+def plain_environments(backend, num_processes=2):
+    """`process_environments`, but for PyTorch too: the variables
+    `torchrun` would set, for processes started without it."""
+    if backend != "torch":
+        return process_environments(backend, num_processes)
+    port = free_ports(1)[0]
+    return [
+        {
+            "WORLD_SIZE": str(num_processes),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        for rank in range(num_processes)
+    ]
+
+
+def launch_each(backend, script, environments, timeout, arguments=None):
     """Runs `script` once per environment of `environments` (the
     variables to add), each as a plain process of `backend`, whatever
-    launch settings they hold; returns as `launch` does."""
+    launch settings they hold, with its own list of `arguments` if
+    given; returns as `launch` does."""
     base = {**os.environ, "KERAS_BACKEND": backend}
     base.pop("XLA_FLAGS", None)
     for name in ("TF_CONFIG", "WORLD_SIZE", "RANK", *JAX_VARIABLES):
         base.pop(name, None)
+    arguments = arguments or [[] for _ in environments]
     commands = [
-        ([sys.executable, script], {**base, **extra}) for extra in environments
+        ([sys.executable, script, *args], {**base, **extra})
+        for extra, args in zip(environments, arguments)
     ]
     return supervise(commands, timeout)
 

@@ -238,3 +238,68 @@ def test_processes_that_find_different_checkpoints_stop(tmp_path):
             return [value, value]
 
     assert example.agreed_state(Agreeing(), str(checkpoints)) == state
+
+
+def test_processes_with_different_flags_stop():
+    # Process 1 (simulated: what it sends is recorded first) was given
+    # another --learning-rate and --data-dir; only the first is refused.
+    example = load_example()
+    mine = example.parse_args(["--smoke", "--output-dir", "o"])
+    theirs = example.parse_args(
+        ["--smoke", "--output-dir", "o", "--learning-rate", "0.5"]
+    )
+    theirs.data_dir = "/elsewhere"
+
+    class Recorder:
+        process_index, sent = 1, []
+
+        def process_values(self, value):
+            self.sent.append(value)
+            return [value, value + 1]  # as if all differed: sends them all
+
+    with pytest.raises(ValueError):
+        example.check_same_flags(Recorder(), theirs)
+
+    class TwoProcesses:
+        process_index, received = 0, iter(Recorder.sent)
+
+        def process_values(self, value):
+            return [value, next(self.received)]
+
+    with pytest.raises(ValueError) as error:
+        example.check_same_flags(TwoProcesses(), mine)
+    message = str(error.value)
+    assert "were started with different flags: --learning-rate" in message
+    assert message.count("--") == 1, message
+
+    class Agreeing:
+        def process_values(self, value):
+            return [value, value]
+
+    example.check_same_flags(Agreeing(), theirs)
+
+
+# The same with 2 real processes (PyTorch: about 15 s).
+@pytest.mark.large
+def test_processes_started_with_different_flags_stop(tmp_path):
+    # One command per process (as a hand-written launch script might),
+    # differing in --learning-rate: every process refuses to train, naming
+    # the flag, before writing anything.
+    out = str(tmp_path / "out")
+    results = multi_process.launch_each(
+        BACKEND,
+        EXAMPLE,
+        multi_process.plain_environments(BACKEND),
+        timeout=300,
+        arguments=[
+            ["--smoke", "--output-dir", out, "--learning-rate", rate]
+            for rate in ("0.1", "0.2")
+        ],
+    )
+    for (code, output), rate in zip(results, ("0.1", "0.2")):
+        assert code == 2, output[-3000:]
+        assert "were started with different flags" in output, output
+        assert "--learning-rate (this process" in output, output
+        assert f"{rate})" in output, output
+        assert "--steps" not in output.split("different flags")[-1], output
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
