@@ -236,3 +236,36 @@ def test_bad_launch_settings_fail_naming_them(case):
             assert text in output, output[-3000:]
         if case == "missing_peer":
             assert f"KERAS_DSD_INIT_TIMEOUT={seconds} s" in output, output
+
+
+TIME_LIMIT = os.path.join(os.path.dirname(__file__), "time_limit_process.py")
+
+
+# Two JAX or TensorFlow processes start their runtimes: full tier there.
+@pytest.mark.large(except_backend="torch")
+def test_time_limit_stops_every_process_after_the_same_batch():
+    # Process 1's 2 s budget runs out after about 20 of 200 steps, process
+    # 0's 10 min never does: both must stop after the same batch (no
+    # process left waiting in a collective) and exit 0.
+    results = multi_process.launch(
+        BACKEND, TIME_LIMIT, [], timeout=400, env={"PYTHONUNBUFFERED": "1"}
+    )
+    output = "".join(text for _, text in results)
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    reports = sorted(
+        (
+            json.loads(line.split("time_limit: ", 1)[1])
+            for line in output.splitlines()
+            if "time_limit: " in line
+        ),
+        key=lambda r: r["process"],
+    )
+    assert [r["process"] for r in reports] == [0, 1], output[-3000:]
+    step = reports[0]["stopped_at_step"]
+    assert step is not None and 0 < step < 199, reports
+    for report in reports:
+        assert report["stopped_at_step"] == step, reports
+        assert report["batches"] == step + 1, reports
+    # Process 0 stopped on process 1's clock, long before its own budget.
+    assert reports[0]["seconds"] < 300, reports
