@@ -528,7 +528,11 @@ def _meet(rank, world_size):
         peers = range(1, world_size) if rank == 0 else [0]
         others = {i: int(store.get(f"{prefix}/world_size/{i}")) for i in peers}
     except RuntimeError as error:
-        # `DistStoreError` and `DistNetworkError` are `RuntimeError`s.
+        # `DistStoreError` and `DistNetworkError` are `RuntimeError`s;
+        # others (a port already in use) keep their own message.
+        message = str(error).lower()
+        if "timed out" not in message and "timeout" not in message:
+            raise
         raise start_up_timeout(seconds, coordinator) from error
     check_same_count("WORLD_SIZE", world_size, rank, others)
     # The group's own keys, apart from other users of the store (as
