@@ -31,6 +31,7 @@ class-conditional, 50 epochs, AdamW 1e-4, EMA teacher 0.999, sampling EMA
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -440,6 +441,40 @@ def agreed_state(context, checkpoint_dir):
     return state
 
 
+# Flags that may differ between the processes of one run: each host may
+# read its own copy of the data, and names its own TPU.
+PER_PROCESS_FLAGS = ("data_dir", "tpu")
+
+
+def _digest(value):
+    """A number (exact in float64) that differs for different values."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
+
+
+def check_same_flags(context, args):
+    """Every process must run the same command (but `PER_PROCESS_FLAGS`):
+    else one `ValueError` naming the flags that differ, on every process,
+    before anything is trained."""
+    flags = {
+        key: value
+        for key, value in sorted(vars(args).items())
+        if key not in PER_PROCESS_FLAGS
+    }
+    if len(set(context.process_values(_digest(flags)))) == 1:
+        return
+    differ = [
+        f"--{key.replace('_', '-')} (this process, {context.process_index}: "
+        f"{value!r})"
+        for key, value in flags.items()
+        if len(set(context.process_values(_digest(value)))) > 1
+    ]
+    raise ValueError(
+        f"The processes were started with different flags: "
+        f"{', '.join(differ)}. Launch every process with the same command."
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -457,6 +492,7 @@ def train(args):
     context = keras_dsd.utils.distribution.setup_data_parallel(
         tpu=args.tpu, multi_host=args.multi_host
     )
+    check_same_flags(context, args)
     preset = backbone_presets[args.preset]["config"]
     if args.image_size % preset["patch_size"]:
         raise ValueError(

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import multi_process
@@ -128,3 +129,143 @@ def test_a_dying_process_stops_the_other(tmp_path):
         assert code is not None, f"still running at the timeout:\n{output}"
         assert code != 0, output[-3000:]
         assert "finished all" not in output, output[-3000:]
+
+
+JOINING = os.path.join(os.path.dirname(__file__), "joining_process.py")
+
+
+def _bad_launches(backend):
+    """`(environments, expected)` per case: one environment per process to
+    start (not through `torchrun`, which would set matching values), and
+    the texts each process's output must hold."""
+    port, other, third = multi_process.free_ports(3)
+    address = f"127.0.0.1:{port}"
+    if backend == "torch":
+
+        def env(world_size, rank):
+            return {
+                "WORLD_SIZE": str(world_size),
+                "RANK": str(rank),
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+
+        return {
+            "missing_peer": ([env(2, 0)], [f"MASTER_PORT={port}"]),
+            "different_counts": (
+                [env(2, 0), env(3, 1)],
+                [
+                    "different WORLD_SIZE",
+                    "WORLD_SIZE=2 on process 0",
+                    "WORLD_SIZE=3 on process 1",
+                ],
+            ),
+        }
+    if backend == "jax":
+        name = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+
+        def env(count, index):
+            return {
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
+                name: str(count),
+                "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
+            }
+
+        return {
+            "missing_peer": (
+                [env(2, 0)],
+                [f"KERAS_DISTRIBUTION_JOB_ADDRESSES={address}"],
+            ),
+            "different_counts": (
+                [env(2, 0), env(3, 1)],
+                [
+                    f"different {name}",
+                    f"{name}=2 on process 0",
+                    f"{name}=3 on process 1",
+                ],
+            ),
+        }
+    workers = [address, f"127.0.0.1:{other}", f"127.0.0.1:{third}"]
+
+    def env(count, index):
+        config = {
+            "cluster": {"worker": workers[:count]},
+            "task": {"type": "worker", "index": index},
+        }
+        return {"TF_CONFIG": json.dumps(config)}
+
+    return {
+        "missing_peer": (
+            [env(2, 0)],
+            [f"TF_CONFIG={env(2, 0)['TF_CONFIG']}"],
+        ),
+        "different_counts": (
+            [env(2, 0), env(3, 1)],
+            ["were started with different TF_CONFIG clusters"],
+        ),
+    }
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("case", ["missing_peer", "different_counts"])
+def test_bad_launch_settings_fail_naming_them(case):
+    # A peer that never starts: the others give up after
+    # KERAS_DSD_INIT_TIMEOUT (10 s here) with a message naming it and the
+    # coordinator's address; process counts that differ: a ValueError
+    # naming the setting and both values once the processes have met.
+    # Either way every process ends with an error well before the
+    # harness's timeout, instead of waiting for ever.
+    environments, expected = _bad_launches(BACKEND)[case]
+    seconds = 10 if case == "missing_peer" else 60
+    for env in environments:
+        env["KERAS_DSD_INIT_TIMEOUT"] = str(seconds)
+    started = time.monotonic()
+    results = multi_process.launch_each(
+        BACKEND, JOINING, environments, timeout=240
+    )
+    elapsed = time.monotonic() - started
+    # Start-up (imports: up to about 20 s on a busy machine) plus the
+    # timeout, with margin.
+    assert elapsed < seconds + 90, elapsed
+    for code, output in results:
+        assert code is not None, f"still running at the timeout:\n{output}"
+        assert code != 0, output[-3000:]
+        assert "joined:" not in output, output[-3000:]
+        for text in expected:
+            assert text in output, output[-3000:]
+        if case == "missing_peer":
+            assert f"KERAS_DSD_INIT_TIMEOUT={seconds} s" in output, output
+
+
+TIME_LIMIT = os.path.join(os.path.dirname(__file__), "time_limit_process.py")
+
+
+# Two JAX or TensorFlow processes start their runtimes: full tier there.
+@pytest.mark.large(except_backend="torch")
+def test_time_limit_stops_every_process_after_the_same_batch():
+    # Process 1's 2 s budget runs out after about 20 of 200 steps, process
+    # 0's 10 min never does: both must stop after the same batch (no
+    # process left waiting in a collective) and exit 0.
+    results = multi_process.launch(
+        BACKEND, TIME_LIMIT, [], timeout=400, env={"PYTHONUNBUFFERED": "1"}
+    )
+    output = "".join(text for _, text in results)
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    reports = sorted(
+        (
+            json.loads(line.split("time_limit: ", 1)[1])
+            for line in output.splitlines()
+            if "time_limit: " in line
+        ),
+        key=lambda r: r["process"],
+    )
+    assert [r["process"] for r in reports] == [0, 1], output[-3000:]
+    step = reports[0]["stopped_at_step"]
+    assert step is not None and 0 < step < 199, reports
+    for report in reports:
+        assert report["stopped_at_step"] == step, reports
+        assert report["batches"] == step + 1, reports
+    # Process 0 stopped on process 1's clock, long before its own budget.
+    assert reports[0]["seconds"] < 300, reports

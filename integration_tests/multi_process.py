@@ -88,13 +88,57 @@ def launch(backend, script, args, timeout, env=None, kill_when=None):
             "--nproc_per_node",
             "2",
         ]
+    commands = [
+        ([*prefix, script, *args], {**base, **extra})
+        for extra in process_environments(backend)
+    ]
+    return supervise(commands, timeout, kill_when)
+
+
+def plain_environments(backend, num_processes=2):
+    """`process_environments`, but for PyTorch too: the variables
+    `torchrun` would set, for processes started without it."""
+    if backend != "torch":
+        return process_environments(backend, num_processes)
+    port = free_ports(1)[0]
+    return [
+        {
+            "WORLD_SIZE": str(num_processes),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        for rank in range(num_processes)
+    ]
+
+
+def launch_each(backend, script, environments, timeout, arguments=None):
+    """Runs `script` once per environment of `environments` (the
+    variables to add), each as a plain process of `backend`, whatever
+    launch settings they hold, with its own list of `arguments` if
+    given; returns as `launch` does."""
+    base = {**os.environ, "KERAS_BACKEND": backend}
+    base.pop("XLA_FLAGS", None)
+    for name in ("TF_CONFIG", "WORLD_SIZE", "RANK", *JAX_VARIABLES):
+        base.pop(name, None)
+    arguments = arguments or [[] for _ in environments]
+    commands = [
+        ([sys.executable, script, *args], {**base, **extra})
+        for extra, args in zip(environments, arguments)
+    ]
+    return supervise(commands, timeout)
+
+
+def supervise(commands, timeout, kill_when=None):
+    """Starts each `(argv, env)` of `commands`; see `launch`."""
     processes, logs = [], []
-    for extra in process_environments(backend):
+    for argv, env in commands:
         logs.append(tempfile.TemporaryFile("w+"))
         processes.append(
             subprocess.Popen(
-                [*prefix, script, *args],
-                env={**base, **extra},
+                argv,
+                env=env,
                 stdout=logs[-1],
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -63,6 +63,18 @@ PRIVATE_NAMES = [
         "backends_are_initialized",
         "CPU setup before jax.distributed.initialize",
     ),
+    (
+        "jax",
+        "jax._src.distributed",
+        "global_state",
+        "the process-count check at start-up",
+    ),
+    (
+        "keras",
+        "keras.src.backend.jax.distribution_lib",
+        "initialize_rng",
+        "one seed for all JAX processes",
+    ),
     ("torch", "torch", "_foreach_mul", "clipping"),
     ("torch", "torch", "_foreach_norm", "clipping"),
     ("torch", "torch", "_foreach_lerp_", "EMA"),
@@ -82,7 +94,7 @@ PRIVATE_NAMES = [
     ),
 ]
 # Names that only one Keras backend defines (and keras_dsd uses only there).
-BACKEND_ONLY = {"Layer._track_variables": "torch"}
+BACKEND_ONLY = {"Layer._track_variables": "torch", "initialize_rng": "jax"}
 # Attributes set on an instance (an optimizer once it is built), not on
 # the class.
 INSTANCE_ATTRIBUTES = ("_momentums", "_velocities", "_initial_epoch")

@@ -4,6 +4,10 @@ import csv
 import importlib.util
 import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
 
 import keras
 import multi_process
@@ -238,3 +242,155 @@ def test_processes_that_find_different_checkpoints_stop(tmp_path):
             return [value, value]
 
     assert example.agreed_state(Agreeing(), str(checkpoints)) == state
+
+
+def test_processes_with_different_flags_stop():
+    # Process 1 (simulated: what it sends is recorded first) was given
+    # another --learning-rate and --data-dir; only the first is refused.
+    example = load_example()
+    mine = example.parse_args(["--smoke", "--output-dir", "o"])
+    theirs = example.parse_args(
+        ["--smoke", "--output-dir", "o", "--learning-rate", "0.5"]
+    )
+    theirs.data_dir = "/elsewhere"
+
+    class Recorder:
+        process_index, sent = 1, []
+
+        def process_values(self, value):
+            self.sent.append(value)
+            return [value, value + 1]  # as if all differed: sends them all
+
+    with pytest.raises(ValueError):
+        example.check_same_flags(Recorder(), theirs)
+
+    class TwoProcesses:
+        process_index, received = 0, iter(Recorder.sent)
+
+        def process_values(self, value):
+            return [value, next(self.received)]
+
+    with pytest.raises(ValueError) as error:
+        example.check_same_flags(TwoProcesses(), mine)
+    message = str(error.value)
+    assert "were started with different flags: --learning-rate" in message
+    assert message.count("--") == 1, message
+
+    class Agreeing:
+        def process_values(self, value):
+            return [value, value]
+
+    example.check_same_flags(Agreeing(), theirs)
+
+
+# The same with 2 real processes (PyTorch: about 15 s).
+@pytest.mark.large
+def test_processes_started_with_different_flags_stop(tmp_path):
+    # One command per process (as a hand-written launch script might),
+    # differing in --learning-rate: every process refuses to train, naming
+    # the flag, before writing anything.
+    out = str(tmp_path / "out")
+    results = multi_process.launch_each(
+        BACKEND,
+        EXAMPLE,
+        multi_process.plain_environments(BACKEND),
+        timeout=300,
+        arguments=[
+            ["--smoke", "--output-dir", out, "--learning-rate", rate]
+            for rate in ("0.1", "0.2")
+        ],
+    )
+    for (code, output), rate in zip(results, ("0.1", "0.2")):
+        assert code == 2, output[-3000:]
+        assert "were started with different flags" in output, output
+        assert "--learning-rate (this process" in output, output
+        assert f"{rate})" in output, output
+        assert "--steps" not in output.split("different flags")[-1], output
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+
+
+def _complete_checkpoints(checkpoints):
+    """The steps of the weights files in `checkpoints`, each checked to
+    be a complete HDF5 file; the state file must name one of them."""
+    names = sorted(
+        n
+        for n in os.listdir(checkpoints)
+        if n.startswith("ckpt-") and n.endswith(".weights.h5")
+    )
+    for name in names:
+        assert _h5_arrays(checkpoints / name), name  # opens, holds weights
+    with open(checkpoints / "checkpoint.json") as f:
+        state = json.load(f)
+    assert state["weights"] in names, (state, names)
+    return state["batches"], [int(n[5:14]) for n in names]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torchrun's processes")
+@pytest.mark.large
+def test_killed_process_then_relaunch_resumes(tmp_path):
+    # A 12-step run on 2 processes, checkpoints every 2 steps. Process 1
+    # is killed (SIGKILL, a crashed host) once the first checkpoint is
+    # written: the launch ends with an error instead of hanging. Launched
+    # again with the same flags, it resumes from the last complete
+    # checkpoint and ends with the weights of an uninterrupted run.
+    import psutil
+
+    args = ["--steps", "12"]
+    whole = tmp_path / "whole"
+    _launch_smoke(whole, *args)
+    killed = tmp_path / "killed"
+    state_file = killed / "checkpoints" / "checkpoint.json"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        EXAMPLE,
+        "--smoke",
+        *args,
+        "--output-dir",
+        str(killed),
+    ]
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    with tempfile.TemporaryFile("w+") as log:
+        launcher = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not state_file.exists() and launcher.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint written"
+                time.sleep(0.1)
+            workers = [
+                p
+                for p in psutil.Process(launcher.pid).children(recursive=True)
+                if p.environ().get("RANK") == "1"
+            ]
+            assert len(workers) == 1 and launcher.poll() is None, workers
+            workers[0].kill()
+            killed_at = time.monotonic()
+            code = launcher.wait(timeout=180)
+            waited = time.monotonic() - killed_at
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.wait()
+        log.seek(0)
+        output = log.read()
+    assert code != 0, output[-3000:]
+    assert waited < 120, waited
+    assert "Trained 12 steps" not in output, output[-3000:]
+    batches, steps = _complete_checkpoints(killed / "checkpoints")
+    assert 2 <= batches < 12 and batches in steps, (batches, steps)
+
+    results = _launch_smoke(killed, *args)
+    assert f"(step {batches})" in results[0][1], results[0][1][-3000:]
+    assert _complete_checkpoints(killed / "checkpoints")[0] == 12
+    name = "ckpt-000000012.weights.h5"
+    expected = _h5_arrays(whole / "checkpoints" / name)
+    actual = _h5_arrays(killed / "checkpoints" / name)
+    assert sorted(actual) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(actual[key], value, atol=1e-5, err_msg=key)

@@ -6,7 +6,10 @@ import jax
 import jax.numpy as jnp
 import keras
 
+from keras_dsd.backend.environment import check_same_count
+from keras_dsd.backend.environment import init_timeout
 from keras_dsd.backend.environment import int_variable
+from keras_dsd.backend.environment import start_up_watchdog
 
 
 def compile_inference_function(fn, variables):
@@ -250,8 +253,57 @@ def initialize_processes(multi_host=False):
                 f"only)."
             )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    keras.distribution.initialize()
+    _meet(given)
     return jax.process_count(), jax.process_index()
+
+
+def _meet(given):
+    """`jax.distributed.initialize` as `keras.distribution.initialize()`
+    calls it, waiting at most `KERAS_DSD_INIT_TIMEOUT` seconds for the
+    other processes, then a check through the coordinator's key-value
+    store that all read the same `KERAS_DISTRIBUTION_NUM_PROCESSES`."""
+    from jax._src import distributed as jax_distributed
+    from keras.src.backend.jax import distribution_lib
+
+    seconds = init_timeout()
+    if given["KERAS_DISTRIBUTION_JOB_ADDRESSES"]:
+        coordinator = given["KERAS_DISTRIBUTION_JOB_ADDRESSES"]
+        settings = {
+            "coordinator_address": coordinator.split(",")[0],
+            "num_processes": int(given["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
+            "process_id": int(given["KERAS_DISTRIBUTION_PROCESS_ID"]),
+        }
+        coordinator = f"KERAS_DISTRIBUTION_JOB_ADDRESSES={coordinator}"
+    else:
+        # A TPU pod: JAX finds the coordinator and the processes itself.
+        settings = {}
+        coordinator = "the address JAX detected for this cluster"
+    # JAX's own timeout aborts the process from C++ (a fatal log that
+    # names no setting): the watchdog ends it first, with the message.
+    with start_up_watchdog(seconds, coordinator):
+        jax.distributed.initialize(
+            **settings, initialization_timeout=seconds + 30
+        )
+        if settings:
+            client = jax_distributed.global_state.client
+            count, index = settings["num_processes"], settings["process_id"]
+            key = "keras_dsd/num_processes/{}"
+            client.key_value_set(key.format(index), str(count))
+            peers = range(1, count) if index == 0 else [0]
+            others = {
+                i: int(
+                    client.blocking_key_value_get(
+                        key.format(i), (seconds + 30) * 1000
+                    )
+                )
+                for i in peers
+            }
+    if settings:
+        check_same_count(
+            "KERAS_DISTRIBUTION_NUM_PROCESSES", count, index, others
+        )
+    # As `keras.distribution.initialize()`: one random seed for all.
+    distribution_lib.initialize_rng()
 
 
 def setup_data_parallel(devices, tpu, multi_host):

@@ -12,6 +12,7 @@ import keras
 import pytest
 
 from keras_dsd import backend
+from keras_dsd.backend import environment
 
 BACKEND = keras.backend.backend()
 
@@ -114,3 +115,14 @@ def test_one_process_without_settings(monkeypatch):
     result = module.initialize_processes()
     assert tuple(result)[-2:] == (1, 0)
     assert backend.process_values(3.0) == [3.0]
+
+
+@pytest.mark.backend_independent
+def test_init_timeout(monkeypatch):
+    monkeypatch.delenv("KERAS_DSD_INIT_TIMEOUT", raising=False)
+    assert environment.init_timeout() == 300
+    monkeypatch.setenv("KERAS_DSD_INIT_TIMEOUT", "12")
+    assert environment.init_timeout() == 12
+    monkeypatch.setenv("KERAS_DSD_INIT_TIMEOUT", "0")
+    with pytest.raises(ValueError, match="KERAS_DSD_INIT_TIMEOUT='0'"):
+        environment.init_timeout()

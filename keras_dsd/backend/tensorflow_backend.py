@@ -5,6 +5,10 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_dsd.backend.environment import check_same_count
+from keras_dsd.backend.environment import init_timeout
+from keras_dsd.backend.environment import start_up_watchdog
+
 
 def compile_inference_function(fn, variables):
     compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
@@ -110,8 +114,33 @@ def initialize_processes(multi_host=False):
             f'{len(workers)} workers: expected {{"type": "worker", '
             f'"index": i}} with 0 <= i < {len(workers)}.'
         )
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    _MULTI_WORKER.update(strategy=strategy, workers=len(workers), index=index)
+    # MultiWorkerMirroredStrategy waits for every worker without a
+    # timeout: the watchdog bounds its start and its first collective,
+    # which gathers the worker count each process read.
+    with start_up_watchdog(init_timeout(), f"TF_CONFIG={text}"):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _MULTI_WORKER.update(
+            strategy=strategy, workers=len(workers), index=index
+        )
+        try:
+            counts = process_values(len(workers))
+        except tf.errors.OpError as error:
+            # TensorFlow's collectives refuse a group whose workers
+            # disagree on its size (several cluster sizes).
+            if "that group has size" not in str(error):
+                raise
+            raise ValueError(
+                f"The processes were started with different TF_CONFIG "
+                f"clusters: this process (worker {index}) lists "
+                f"{len(workers)} workers but another lists a different "
+                f"number. Start every process with the same cluster."
+            ) from None
+    check_same_count(
+        "TF_CONFIG workers",
+        len(workers),
+        index,
+        {i: int(count) for i, count in enumerate(counts)},
+    )
     return strategy, len(workers), index
 
 

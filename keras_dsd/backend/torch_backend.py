@@ -7,7 +7,10 @@ import time
 import keras
 import torch
 
+from keras_dsd.backend.environment import check_same_count
+from keras_dsd.backend.environment import init_timeout
 from keras_dsd.backend.environment import int_variable
+from keras_dsd.backend.environment import start_up_timeout
 
 
 def compile_inference_function(fn, variables):
@@ -479,17 +482,63 @@ def initialize_processes(multi_host=False):
             f"RANK={rank} is out of range for WORLD_SIZE={world_size}: "
             f"expected 0 to {world_size - 1}."
         )
+    store = _meet(rank, world_size)
     if torch.cuda.is_available():
         torch.cuda.set_device(int_variable("LOCAL_RANK", 0))
-        dist.init_process_group("nccl")
+        dist.init_process_group(
+            "nccl", store=store, rank=rank, world_size=world_size
+        )
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group(
+            "gloo", store=store, rank=rank, world_size=world_size
+        )
     # Leave the group before the interpreter shuts down: a group still
     # alive then is torn down with its threads running, which aborted a
     # finished process now and then ("terminate called without an active
     # exception", SIGABRT).
     atexit.register(_leave_process_group)
     return dist.get_world_size(), dist.get_rank()
+
+
+def _meet(rank, world_size):
+    """The store of the process group, once every process has joined it
+    (within `KERAS_DSD_INIT_TIMEOUT` seconds) with the same `WORLD_SIZE`.
+
+    Each process writes its `WORLD_SIZE` to the rendezvous store (the
+    `MASTER_ADDR:MASTER_PORT` one `init_process_group` would make, or
+    `torchrun`'s); process 0 compares the others' values with its own,
+    the others compare theirs with process 0's.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    seconds = init_timeout()
+    coordinator = (
+        f"MASTER_ADDR={os.environ['MASTER_ADDR']}, "
+        f"MASTER_PORT={os.environ['MASTER_PORT']}"
+    )
+    timeout = datetime.timedelta(seconds=seconds)
+    prefix = f"keras_dsd/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
+    try:
+        store, _, _ = next(
+            dist.rendezvous("env://", rank, world_size, timeout=timeout)
+        )
+        store.set(f"{prefix}/world_size/{rank}", str(world_size))
+        peers = range(1, world_size) if rank == 0 else [0]
+        others = {i: int(store.get(f"{prefix}/world_size/{i}")) for i in peers}
+    except RuntimeError as error:
+        # `DistStoreError` and `DistNetworkError` are `RuntimeError`s;
+        # others (a port already in use) keep their own message.
+        message = str(error).lower()
+        if "timed out" not in message and "timeout" not in message:
+            raise
+        raise start_up_timeout(seconds, coordinator) from error
+    check_same_count("WORLD_SIZE", world_size, rank, others)
+    # The group's own keys, apart from other users of the store (as
+    # `init_process_group` does); its collectives keep their default
+    # timeout.
+    return dist.PrefixStore("default_pg", store)
 
 
 def _leave_process_group():
