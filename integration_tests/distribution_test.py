@@ -118,11 +118,10 @@ def test_accumulation_all_reduces_once_per_update(tmp_path):
 def test_a_dying_process_stops_the_other(tmp_path):
     # Process 1 exits after step 2 of 200; process 0 must fail (an error
     # from its next collective, or JAX's and TensorFlow's coordination
-    # service once the heartbeats stop, 100 s by default) rather than wait
-    # until the harness kills it.
-    results = multi_process.launch(
-        BACKEND, DYING, [], timeout=400, env={"PYTHONUNBUFFERED": "1"}
-    )
+    # service once the heartbeats stop; JAX's here after 10 s instead of
+    # its default 100 s) rather than wait until the harness kills it.
+    env = {"PYTHONUNBUFFERED": "1", "KERAS_DSD_HEARTBEAT_TIMEOUT": "10"}
+    results = multi_process.launch(BACKEND, DYING, [], timeout=400, env=env)
     # With PyTorch, `torchrun` is the one process started here: it ends
     # the others once one fails.
     for code, output in results:

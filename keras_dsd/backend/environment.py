@@ -4,6 +4,9 @@
 `KERAS_DSD_INIT_TIMEOUT` (seconds, default 300) bounds how long a process
 waits for its peers at start-up on every backend; a peer that never joins
 then ends each waiting process with `start_up_timeout` instead of a hang.
+`KERAS_DSD_HEARTBEAT_TIMEOUT` (seconds, JAX only; default 100, JAX's own)
+is how long JAX's coordination service waits for a silent process before
+it ends the others.
 """
 
 import contextlib
@@ -13,6 +16,8 @@ import sys
 
 INIT_TIMEOUT_VARIABLE = "KERAS_DSD_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT = 300
+HEARTBEAT_TIMEOUT_VARIABLE = "KERAS_DSD_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT = 100
 
 
 def int_variable(name, minimum):
@@ -33,6 +38,13 @@ def init_timeout():
     if not os.environ.get(INIT_TIMEOUT_VARIABLE):
         return DEFAULT_INIT_TIMEOUT
     return int_variable(INIT_TIMEOUT_VARIABLE, 1)
+
+
+def heartbeat_timeout():
+    """`KERAS_DSD_HEARTBEAT_TIMEOUT` in seconds (default 100)."""
+    if not os.environ.get(HEARTBEAT_TIMEOUT_VARIABLE):
+        return DEFAULT_HEARTBEAT_TIMEOUT
+    return int_variable(HEARTBEAT_TIMEOUT_VARIABLE, 1)
 
 
 def start_up_timeout(seconds, coordinator):

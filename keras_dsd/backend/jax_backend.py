@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import keras
 
 from keras_dsd.backend.environment import check_same_count
+from keras_dsd.backend.environment import heartbeat_timeout
 from keras_dsd.backend.environment import init_timeout
 from keras_dsd.backend.environment import int_variable
 from keras_dsd.backend.environment import start_up_watchdog
@@ -282,7 +283,9 @@ def _meet(given):
     # names no setting): the watchdog ends it first, with the message.
     with start_up_watchdog(seconds, coordinator):
         jax.distributed.initialize(
-            **settings, initialization_timeout=seconds + 30
+            **settings,
+            initialization_timeout=seconds + 30,
+            heartbeat_timeout_seconds=heartbeat_timeout(),
         )
         if settings:
             client = jax_distributed.global_state.client

@@ -118,6 +118,17 @@ def test_one_process_without_settings(monkeypatch):
 
 
 @pytest.mark.backend_independent
+def test_heartbeat_timeout(monkeypatch):
+    monkeypatch.delenv("KERAS_DSD_HEARTBEAT_TIMEOUT", raising=False)
+    assert environment.heartbeat_timeout() == 100
+    monkeypatch.setenv("KERAS_DSD_HEARTBEAT_TIMEOUT", "10")
+    assert environment.heartbeat_timeout() == 10
+    monkeypatch.setenv("KERAS_DSD_HEARTBEAT_TIMEOUT", "-1")
+    with pytest.raises(ValueError, match="KERAS_DSD_HEARTBEAT_TIMEOUT='-1'"):
+        environment.heartbeat_timeout()
+
+
+@pytest.mark.backend_independent
 def test_init_timeout(monkeypatch):
     monkeypatch.delenv("KERAS_DSD_INIT_TIMEOUT", raising=False)
     assert environment.init_timeout() == 300
