@@ -27,17 +27,17 @@ model of each run is saved as a preset (`runs/`, not committed) so that sampling
 settings (sampler, steps, grid shift, guidance) can be scored later without
 retraining (`resample`).
 
-    # the screen: every configuration x 3 seeds, 300 steps each
-    KERAS_BACKEND=jax python benchmarks/recipe_study.py train --steps 300
-    # the demo's wall-clock budget instead of a step count
+    # the screen: every configuration x 3 seeds, 1,500 steps each
+    KERAS_BACKEND=jax python benchmarks/recipe_study.py train --steps 1500
+    # a wall-clock budget instead of a step count
     KERAS_BACKEND=jax python benchmarks/recipe_study.py train --minutes 8 \\
-        --only defaults,digits_demo
+        --only defaults,digits
     # sampling-time factors on the saved weights
     KERAS_BACKEND=jax python benchmarks/recipe_study.py resample \\
-        --only label_dropout_0.1 --guidance-scales 1.5,3
+        --only digits --guidance-scales 1.5,3
     # guidance only for sampler times 0.3 <= t < 1 (t = 0 is noise)
     KERAS_BACKEND=jax python benchmarks/recipe_study.py resample \\
-        --only label_dropout_0.1 --guidance-scales 3 \\
+        --only digits --guidance-scales 3 \\
         --guidance-intervals none,0.3:1
     # tables (markdown) and plots (PNG)
     python benchmarks/recipe_study.py report --plots docs/recipe_study
@@ -133,6 +133,11 @@ CONFIGS = {
     "digits+cosine": {**_DIGITS_DEMO, "lr_schedule": "cosine"},
     "digits+diffusion_weight_3": {**_DIGITS_DEMO, "diffusion_loss_weight": 3.0},
     "digits+t_min_0.05": {**_DIGITS_DEMO, "t_min": 0.05},
+    # The recipe's loss clamp on the library defaults.
+    "defaults+t_min_0.25": {
+        **keras_dsd.recipes.generator_defaults(),
+        "t_min": 0.25,
+    },
     # The collapse study: the objectives at the library defaults.
     "defaults+naive": {
         **keras_dsd.recipes.generator_defaults(),
