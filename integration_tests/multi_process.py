@@ -170,3 +170,31 @@ def supervise(commands, timeout, kill_when=None):
         results.append((code, log.read()))
         log.close()
     return results
+
+
+def tiny_data_parallel_run(global_batch, steps):
+    """For the worker scripts: `(context, model, dataset)`, a tiny
+    generator compiled with SGD under the data-parallel context of the
+    launch, and `steps` batches of this process's shard of a fixed global
+    batch."""
+    import keras
+    import tensorflow as tf
+
+    from keras_dsd.testing import test_utils
+    from keras_dsd.utils import distribution
+
+    context = distribution.setup_data_parallel()
+    with context.scope():
+        model = test_utils.deterministic_generator(
+            test_utils.tiny_backbone(), seed=0
+        )
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01))
+    per_process = context.per_process_batch_size(global_batch)
+    images = test_utils.random_images(per_process)
+    labels = test_utils.random_labels(per_process)
+    dataset = (
+        tf.data.Dataset.from_tensors((images, labels)).repeat().take(steps)
+    )
+    dataset = context.distribute_dataset(dataset)
+    context.prepare_model(model)
+    return context, model, dataset

@@ -13,11 +13,10 @@ import sys
 import time
 
 import keras
+import multi_process
 import numpy as np
 
 from keras_dsd.callbacks import TimeLimit
-from keras_dsd.testing import test_utils
-from keras_dsd.utils import distribution
 
 GLOBAL_BATCH = 2
 STEPS = 200
@@ -46,22 +45,9 @@ class TimeLimitAfterCompiling(TimeLimit):
 
 
 def main():
-    context = distribution.setup_data_parallel()
-    with context.scope():
-        model = test_utils.deterministic_generator(
-            test_utils.tiny_backbone(), seed=0
-        )
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01))
-    import tensorflow as tf
-
-    per_process = context.per_process_batch_size(GLOBAL_BATCH)
-    images = test_utils.random_images(per_process)
-    labels = test_utils.random_labels(per_process)
-    dataset = (
-        tf.data.Dataset.from_tensors((images, labels)).repeat().take(STEPS)
+    context, model, dataset = multi_process.tiny_data_parallel_run(
+        GLOBAL_BATCH, STEPS
     )
-    dataset = context.distribute_dataset(dataset)
-    context.prepare_model(model)
     slow = Slow()
     minutes = 10.0 if context.process_index == 0 else 2 / 60
     limit = TimeLimitAfterCompiling(minutes=minutes)
