@@ -38,9 +38,12 @@ def _check(summary):
     assert summary["max_weight_change"] > 1e-2, summary
     assert summary["max_weight_difference"] < 5e-5, summary
     # The logged loss is the global batch's mean on every backend (each
-    # PyTorch process's own metrics see only its shard).
+    # PyTorch process's own metrics see only its shard). It averages both
+    # steps, so the second sees the weights' differences: 1.7e-5 relative
+    # on TF (Zen 2 CPU), while the first step's 2-image shards have losses
+    # 3.1 and 10.4 against the global batch's 6.7.
     assert summary["multi_loss"] == pytest.approx(
-        summary["single_loss"], rel=1e-5
+        summary["single_loss"], rel=1e-4
     )
     # The latent metrics are computed on the gathered global batch, so 1
     # and 2 devices log the same values (per-replica slices would give a
