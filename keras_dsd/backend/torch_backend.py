@@ -102,12 +102,11 @@ def matmul(x, kernel, bias=None):
     inside the kernel, and all gradients) instead of `torch.matmul`: the
     MKL build in PyTorch's CPU wheels runs AVX2 kernels on AMD processors,
     at less than half the oneDNN rate on the same cores (docs/speed.md).
-    oneDNN also computes each row the same way whatever the number of
-    rows, where MKL's results for one example change in the last bits
-    with the batch size: the data-parallel and gradient-accumulation
-    equality tests rely on that. Elsewhere (CUDA, half precision,
-    `torch.compile` tracing) it is `keras.ops.matmul` and `keras.ops.add`,
-    as in `keras.layers.Dense`.
+    Its rows agree to the bit whatever their number on some processors,
+    not on all (on a Zen 2, 1 or 2 rows differ in the last bits, as
+    MKL's do), so tests compare within float32 rounding. Elsewhere (CUDA,
+    half precision, `torch.compile` tracing) it is `keras.ops.matmul` and
+    `keras.ops.add`, as in `keras.layers.Dense`.
     """
     x = keras.ops.convert_to_tensor(x)
     kernel = keras.ops.convert_to_tensor(kernel)
