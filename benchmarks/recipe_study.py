@@ -138,6 +138,12 @@ CONFIGS = {
         **keras_dsd.recipes.generator_defaults(),
         "t_min": 0.25,
     },
+    # The defaults with the former default times (the reason for the new).
+    "defaults+times_0_1": {
+        **keras_dsd.recipes.generator_defaults(),
+        "time_mean": 0.0,
+        "time_std": 1.0,
+    },
     # The collapse study: the objectives at the library defaults.
     "defaults+naive": {
         **keras_dsd.recipes.generator_defaults(),
