@@ -13,11 +13,19 @@ pytest run). Two markers sort the tests (docs/tests.md):
   `--skip-backend-independent` deselects them: `scripts/test.sh` runs them
   with the first backend only.
 
+On JAX, every test of one run shares a compilation cache in a temporary
+folder (subprocesses included, through `JAX_COMPILATION_CACHE_DIR`):
+tests that build the same small models compile the same programs, eager
+ones op by op. The folder is removed when the run ends, so no run reads
+another's compilations.
+
 `--durations-file PATH` writes every test's duration (set-up, call and
 tear-down together), slowest first, to `PATH`.
 """
 
 import os
+import shutil
+import tempfile
 
 import keras
 import pytest
@@ -48,6 +56,27 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     # The markers themselves are declared in pyproject.toml.
     config._keras_dsd_durations = {}
+    config._keras_dsd_jax_cache = None
+    if keras.backend.backend() == "jax" and not os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR"
+    ):
+        config._keras_dsd_jax_cache = _share_jax_compilations()
+
+
+def _share_jax_compilations():
+    import jax
+
+    directory = tempfile.mkdtemp(prefix="keras_dsd_jax_cache_")
+    settings = {
+        "jax_compilation_cache_dir": directory,
+        # Cache every program, the many small eager ones too.
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
+    return directory
 
 
 def pytest_collection_modifyitems(config, items):
@@ -84,6 +113,12 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" or report.outcome != "passed":
         result = report.outcome if result == "passed" else result
     durations[report.nodeid] = (seconds + report.duration, result)
+
+
+def pytest_unconfigure(config):
+    directory = getattr(config, "_keras_dsd_jax_cache", None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_sessionfinish(session):

@@ -110,7 +110,7 @@ def test_training_on_imagenet_guide(tmp_path):
     assert "FD-EffNetLite0:" in stdout
 
 
-@pytest.mark.large(except_backend="torch")
+@pytest.mark.large
 def test_editing_digits_guide(tmp_path):
     stdout = run_guide("editing_digits", tmp_path)
     out = tmp_path / "editing_digits"

@@ -221,6 +221,8 @@ def _page_faults_per_run(keep_host_memory):
     return temp, arenas, faults
 
 
+# 19 s (two fresh processes): full tier only.
+@pytest.mark.large
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc")
 def test_freed_host_memory_is_reused_across_runs():
     import resource
@@ -280,6 +282,8 @@ def _ready_on_return(rounds, **environ):
     return {"True": True, "False": False}[output.strip()]
 
 
+# 11 s (two fresh processes): full tier only.
+@pytest.mark.large
 def test_cpu_computations_run_on_the_calling_thread():
     # Two products, tens of ms: dispatched asynchronously (the regression)
     # the call returns long before they finish.

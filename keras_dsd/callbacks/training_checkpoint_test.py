@@ -64,6 +64,8 @@ def _state(model):
     ]
 
 
+# 28 s on JAX (three eager fits); 5 s on TF, 2 s on PyTorch.
+@pytest.mark.large(only_backend="jax")
 def test_resume_after_a_crash_matches_a_straight_run(tmp_path):
     straight = _model()
     _fit(straight, [])

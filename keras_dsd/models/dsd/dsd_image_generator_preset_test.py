@@ -447,7 +447,7 @@ def test_compile_false_leaves_it_uncompiled():
 
 
 # === int8 ===
-@pytest.mark.large(except_backend="torch")
+@pytest.mark.large
 def test_int8_quantized_inference():
     model = DSDImageGenerator(
         test_utils.randomize_weights(

@@ -197,8 +197,23 @@ def test_mixed_precision_copies_keep_the_policy():
 # === Training ===
 
 
-@pytest.mark.parametrize("teacher", ["ema", "online"])
-@pytest.mark.parametrize("objective", ["naive", "decoupled", "dsd"])
+# The default pair runs on every backend in the fast tier; the other five
+# (about 3 s each eagerly on JAX) on PyTorch, and everywhere in the full
+# tier.
+@pytest.mark.parametrize(
+    "objective, teacher",
+    [
+        pytest.param(
+            objective,
+            teacher,
+            marks=()
+            if (objective, teacher) == ("dsd", "ema")
+            else pytest.mark.large(except_backend="torch"),
+        )
+        for objective in ("naive", "decoupled", "dsd")
+        for teacher in ("ema", "online")
+    ],
+)
 def test_two_step_fit(objective, teacher):
     model = _compile_fast(_model(objective=objective, teacher=teacher))
     images, labels = _data(2 * BATCH_SIZE)
@@ -545,6 +560,8 @@ def test_guidance_interval_guides_only_the_steps_inside(trained):
     )
 
 
+# 12 s on JAX (a sampler compiled for each batch size); fast on TF and PyTorch.
+@pytest.mark.large(only_backend="jax")
 def test_guidance_interval_runs_the_doubled_batch_only_inside(
     trained, monkeypatch
 ):
@@ -880,6 +897,8 @@ def test_bad_generate_arguments(fresh, kwargs, match):
         fresh.generate([0, 1], **{"num_steps": 1, **kwargs})
 
 
+# 15-19 s on JAX (eager); fast on TF and PyTorch.
+@pytest.mark.large(only_backend="jax")
 def test_gradient_accumulation_equals_a_larger_batch():
     # k = 2 accumulated batches of 2 must give the update of one batch of 4:
     # the loss is a batch mean and Keras averages the accumulated gradients.
