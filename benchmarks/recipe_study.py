@@ -133,6 +133,13 @@ CONFIGS = {
     "digits+cosine": {**_DIGITS_DEMO, "lr_schedule": "cosine"},
     "digits+diffusion_weight_3": {**_DIGITS_DEMO, "diffusion_loss_weight": 3.0},
     "digits+t_min_0.05": {**_DIGITS_DEMO, "t_min": 0.05},
+    # Capacity: twice the latent channels (12x compression instead of 24x),
+    # or 6 transformer blocks instead of 4 (1.5x the step cost).
+    "digits+latent_16": {
+        **_DIGITS_DEMO,
+        "backbone_overrides": {"latent_channels": 16},
+    },
+    "digits+depth_6": {**_DIGITS_DEMO, "backbone_overrides": {"num_layers": 6}},
     # The recipe's loss clamp on the library defaults.
     "defaults+t_min_0.25": {
         **keras_dsd.recipes.generator_defaults(),
