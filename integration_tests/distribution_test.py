@@ -244,8 +244,9 @@ def test_bad_launch_settings_fail_naming_them(case):
 TIME_LIMIT = os.path.join(os.path.dirname(__file__), "time_limit_process.py")
 
 
-# Two JAX or TensorFlow processes start their runtimes: full tier there.
-@pytest.mark.large(except_backend="torch")
+# Two processes start their runtimes: 15-20 s on PyTorch, 1-2 min on
+# JAX or TensorFlow.
+@pytest.mark.large
 def test_time_limit_stops_every_process_after_the_same_batch():
     # Process 1's 2 s budget runs out after about 20 of 200 steps, process
     # 0's 10 min never does: both must stop after the same batch (no

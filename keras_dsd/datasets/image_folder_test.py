@@ -13,6 +13,11 @@ from keras_dsd.datasets.image_folder import ImageFolder  # noqa: E402
 from keras_dsd.datasets.image_folder import adm_center_crop  # noqa: E402
 from keras_dsd.testing import test_utils  # noqa: E402
 
+# A `tf.data` pipeline, the same whichever backend Keras runs:
+# `test_fit_on_an_image_folder` (dsd_image_generator_test.py) feeds it to
+# `fit` on each.
+pytestmark = pytest.mark.backend_independent
+
 
 def natural_image(height, width, seed):
     """A photo-like test image: smooth gradients, blobs, a little noise."""
@@ -387,31 +392,6 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
         )
         difference = np.abs(images[i].astype(int) - reference)
         assert difference.mean() < 1.0, path
-
-
-@pytest.mark.large
-def test_fit_on_the_dataset(tree):
-    # Compiling the model takes most of a minute on a 2-core CPU.
-    import keras
-
-    from keras_dsd.models import DSDBackbone
-    from keras_dsd.models import DSDImageGenerator
-
-    folder = ImageFolder(tree)
-    backbone = DSDBackbone.from_preset(
-        "dsd_tiny", image_size=32, num_classes=folder.num_classes
-    )
-    model = DSDImageGenerator(backbone=backbone, seed=0)
-    model.compile()
-    history = model.fit(
-        folder.as_dataset(32, 4),
-        steps_per_epoch=2,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-    )
-    assert np.isfinite(history.history["loss"][-1])
-    assert keras.backend.backend() in ("jax", "tensorflow", "torch")
 
 
 def test_webp_and_tiff_are_read_through_pil(tmp_path):

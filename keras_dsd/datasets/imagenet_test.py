@@ -13,6 +13,9 @@ from keras_dsd.datasets import imagenet  # noqa: E402
 from keras_dsd.datasets.imagenet import imagenet_folder  # noqa: E402
 from keras_dsd.datasets.imagenet import imagenet_tfds  # noqa: E402
 
+# `tf.data` and TFDS, the same whichever backend Keras runs.
+pytestmark = pytest.mark.backend_independent
+
 # Real wnids: TFDS turns them into labels through its list of the 1000.
 TRAIN_WNIDS = ("n01443537", "n01440764")
 

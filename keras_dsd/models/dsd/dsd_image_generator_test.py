@@ -258,6 +258,40 @@ def test_fit_with_tf_data():
     assert len(callback.weights) == 2
 
 
+@pytest.mark.large
+def test_fit_on_an_image_folder(tmp_path):
+    # `ImageFolder`'s uint8 batches and int labels, through the compiled
+    # defaults (most of a minute to compile on a 2-core CPU).
+    from PIL import Image
+
+    from keras_dsd.datasets import ImageFolder
+
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee", "cat"):
+        os.makedirs(tmp_path / name)
+        for i in range(2):
+            array = rng.integers(0, 256, (40, 50, 3), dtype="uint8")
+            Image.fromarray(array).save(tmp_path / name / f"{i}.png")
+    folder = ImageFolder(str(tmp_path))
+    backbone = DSDBackbone.from_preset(
+        "dsd_tiny", image_size=32, num_classes=folder.num_classes
+    )
+    model = DSDImageGenerator(backbone=backbone, seed=0)
+    model.compile()
+    history = model.fit(
+        folder.as_dataset(32, 4),
+        steps_per_epoch=2,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+    )
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
+    logs = {key: values[-1] for key, values in history.history.items()}
+    assert all(np.isfinite(logs[key]) for key in LOG_KEYS), logs
+    # dsd_tiny: 8 latent channels, LayerNorm per token: rank at most 7.
+    assert 1.0 <= logs["latent_effective_rank"] <= 7.0 + 1e-3, logs
+
+
 def test_default_optimizer_trains_as_keras_adamw_does():
     # `keras_dsd.optimizers.AdamW` (the default) against Keras' own AdamW,
     # an independent implementation of the same update: same losses and
