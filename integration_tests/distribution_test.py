@@ -56,6 +56,8 @@ def _check(summary):
     assert all(other == first for other in others), summary
 
 
+# 20-25 s: JAX keeps it in the fast tier (with PyTorch's 2 processes).
+@pytest.mark.large(only_backend="tensorflow")
 @pytest.mark.skipif(
     BACKEND == "torch", reason="PyTorch runs one process per device"
 )

@@ -60,7 +60,8 @@ def grid_shape(rows, cols, size=32, padding=2, scale=2):
     )
 
 
-@pytest.mark.large(except_backend="torch")
+# 20 s even on PyTorch: the full tier runs every guide.
+@pytest.mark.large
 def test_getting_started_guide(tmp_path):
     stdout = run_guide("getting_started", tmp_path)
     out = tmp_path / "getting_started"
