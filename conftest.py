@@ -8,8 +8,9 @@ pytest run). Two markers sort the tests (docs/tests.md):
   `@pytest.mark.large(except_backend="torch")` keeps the test in the fast
   tier on that one backend; `@pytest.mark.large(only_backend="jax")` makes
   it large on that backend alone.
-- `backend_independent`: tests that make no Keras call (argument parsing,
-  file bookkeeping, metric arithmetic on numpy, the repository's layout).
+- `backend_independent`: tests whose outcome no backend changes (argument
+  parsing, file bookkeeping, metric arithmetic on numpy, the repository's
+  layout, `tf.data` pipelines).
   `--skip-backend-independent` deselects them: `scripts/test.sh` runs them
   with the first backend only.
 
