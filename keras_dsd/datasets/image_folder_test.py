@@ -35,23 +35,6 @@ def encode(array, fmt, mode=None, **kwargs):
     return buffer.getvalue()
 
 
-def make_tree(root, classes=("bee", "ant", "cat"), per_class=4, size=(40, 50)):
-    """`root/<class>/<i>.<ext>`, alternating JPEG and PNG; returns root."""
-    seed = 0
-    for name in classes:
-        os.makedirs(os.path.join(root, name))
-        for i in range(per_class):
-            array = natural_image(*size, seed=seed)
-            seed += 1
-            if i % 2:
-                path = os.path.join(root, name, f"{i}.png")
-                Image.fromarray(array).save(path)
-            else:
-                path = os.path.join(root, name, f"{i}.jpg")
-                Image.fromarray(array).save(path, quality=90)
-    return str(root)
-
-
 def pil_center_crop(array, size):
     """An independent PIL implementation of ADM's recipe."""
     image = Image.fromarray(array)
@@ -88,12 +71,12 @@ def stream(dataset, count):
 
 @pytest.fixture
 def tree(tmp_path):
-    return make_tree(tmp_path / "tree")
+    return test_utils.image_folder_tree(tmp_path / "tree")
 
 
 # === Scanning ===
 def test_scan_sorted_classes_and_labels(tmp_path):
-    root = make_tree(tmp_path / "t", per_class=2)
+    root = test_utils.image_folder_tree(tmp_path / "t", per_class=2)
     Image.fromarray(natural_image(8, 8, 0)).save(f"{root}/cat/UPPER.JPEG")
     os.makedirs(f"{root}/ant/nested")
     Image.fromarray(natural_image(8, 8, 1)).save(f"{root}/ant/nested/x.gif")
@@ -345,7 +328,9 @@ def test_one_pass_without_repeat(tree):
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path):
-    root = make_tree(tmp_path / "t", classes=("ant", "bee"), per_class=3)
+    root = test_utils.image_folder_tree(
+        tmp_path / "t", classes=("ant", "bee"), per_class=3
+    )
     array = natural_image(40, 50, seed=99)
     jpeg = encode(array, "JPEG", quality=90)
     good = {

@@ -12,11 +12,15 @@
   test can count how often the loop body calls a function.
 - `photo_like_image()`: a synthetic photo (gradients, soft blobs, noise),
   for image decoding and resizing tests and the input-pipeline benchmark.
+- `image_folder_tree()`: a class-per-folder tree of such images, JPEG and
+  PNG, for `ImageFolder`.
 - `deterministic_generator()`: a `DSDImageGenerator` whose diffusion times
   and noise are fixed functions of each example's latent, so that training
   on a batch split in pieces (gradient accumulation, several devices) can be
   compared with training on the whole batch.
 """
+
+import os
 
 import keras
 import numpy as np
@@ -74,6 +78,28 @@ def photo_like_image(
         image += blob[..., None] * rng.uniform(-90, 90, 3)
     image += rng.normal(0, noise, image.shape)
     return np.clip(np.round(image), 0, 255).astype("uint8")
+
+
+def image_folder_tree(
+    root, classes=("bee", "ant", "cat"), per_class=4, size=(40, 50)
+):
+    """`root/<class>/<i>.<ext>` of photo-like images, alternating JPEG and
+    PNG, seeded 0, 1, ... in order; returns `root` as a string."""
+    from PIL import Image
+
+    seed = 0
+    for name in classes:
+        os.makedirs(os.path.join(root, name))
+        for i in range(per_class):
+            image = Image.fromarray(
+                photo_like_image(*size, np.random.default_rng(seed))
+            )
+            seed += 1
+            if i % 2:
+                image.save(os.path.join(root, name, f"{i}.png"))
+            else:
+                image.save(os.path.join(root, name, f"{i}.jpg"), quality=90)
+    return str(root)
 
 
 def randomize_weights(layer, seed=0, stddev=0.3):

@@ -262,17 +262,9 @@ def test_fit_with_tf_data():
 def test_fit_on_an_image_folder(tmp_path):
     # `ImageFolder`'s uint8 batches and int labels, through the compiled
     # defaults (most of a minute to compile on a 2-core CPU).
-    from PIL import Image
-
     from keras_dsd.datasets import ImageFolder
 
-    rng = np.random.default_rng(0)
-    for name in ("ant", "bee", "cat"):
-        os.makedirs(tmp_path / name)
-        for i in range(2):
-            array = rng.integers(0, 256, (40, 50, 3), dtype="uint8")
-            Image.fromarray(array).save(tmp_path / name / f"{i}.png")
-    folder = ImageFolder(str(tmp_path))
+    folder = ImageFolder(test_utils.image_folder_tree(tmp_path / "tree"))
     backbone = DSDBackbone.from_preset(
         "dsd_tiny", image_size=32, num_classes=folder.num_classes
     )
