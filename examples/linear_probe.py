@@ -51,7 +51,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="2 steps, one seed, 256 digits: checks the pipeline only.",
+        help=(
+            "2 steps run eagerly, one seed, 256 digits: checks the "
+            "pipeline only."
+        ),
     )
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -71,10 +74,12 @@ def split_digits(smoke=False):
     )
 
 
-def train(objective, seed, steps, images, labels):
+def train(objective, seed, steps, images, labels, compile_options=None):
     recipe = keras_dsd.recipes.get("digits_collapse_study")
     keras.utils.set_random_seed(seed)
-    model = recipe.build_model(objective=objective, seed=seed)
+    model = recipe.build_model(
+        objective=objective, seed=seed, compile_options=compile_options
+    )
     if steps:
         per_epoch = len(images) // recipe.batch_size
         model.fit(
@@ -91,8 +96,12 @@ def train(objective, seed, steps, images, labels):
 
 def main(argv=None):
     args = parse_args(argv)
+    compile_options = None
     if args.smoke:
         args.steps, args.seeds = 2, args.seeds[:1]
+        # Two steps check the pipeline: run them eagerly rather than
+        # compile a train step for each objective.
+        compile_options = {"run_eagerly": True}
     os.makedirs(args.output_dir, exist_ok=True)
     (train_x, train_y), (test_x, test_y) = split_digits(args.smoke)
     pixels = keras_dsd.metrics.probe_accuracy(
@@ -107,7 +116,9 @@ def main(argv=None):
     ]:
         results[name] = {"mean": [], "flatten": []}
         for seed in args.seeds:
-            model = train(objective, seed, steps, train_x, train_y)
+            model = train(
+                objective, seed, steps, train_x, train_y, compile_options
+            )
             for pooling in ("mean", "flatten"):
                 accuracy = keras_dsd.metrics.linear_probe_accuracy(
                     model, train_x, train_y, test_x, test_y, pooling=pooling

@@ -469,6 +469,13 @@ class DSDImageGenerator(keras.Model):
             updates = int(ops.convert_to_numpy(optimizer.iterations))
             self.ema_step.assign(updates // accumulation)
             self._ema_step_from_optimizer = False
+        if keras.backend.backend() == "tensorflow" and not self.optimizer.built:
+            # Without a strategy, Keras would build the optimizer inside the
+            # first traced step, and tf.function then traces the step twice
+            # (once while it creates variables). Built here, it traces once:
+            # 8 s less before the first step of `dsd_tiny` on a 2-core CPU.
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         return super().fit(x=x, y=y, **kwargs)
 
     def load_own_variables(self, store):

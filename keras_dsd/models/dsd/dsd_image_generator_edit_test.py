@@ -310,9 +310,9 @@ trained_on_jax_only = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def digits():
-    """The digits recipe trained for 13 epochs (about 2,000 steps, the
-    demo's length) on 9 of every 10 digits, the digit classifier trained
-    on the same split, and the held-out digits."""
+    """The digits recipe trained for 6 epochs (840 steps, about 2 minutes
+    on JAX on a 2-core CPU) on 9 of every 10 digits, the digit classifier
+    trained on the same split, and the held-out digits."""
     from keras_dsd import recipes
     from keras_dsd.datasets import load_mnist_digits
     from keras_dsd.metrics import train_digit_classifier
@@ -326,7 +326,7 @@ def digits():
         images[~held_out],
         labels[~held_out],
         batch_size=recipe.batch_size,
-        epochs=13,
+        epochs=6,
         shuffle=True,
         verbose=0,
     )
@@ -342,9 +342,10 @@ def test_trained_image_to_image_swaps_the_class(digits):
     model, classifier, images, labels = digits
     rng = np.random.default_rng(0)
     targets = (labels + rng.integers(1, 10, len(labels))) % 10
-    # Guidance scale 3, as the demo's samples: one run measured 92 %
-    # recognised as the target class with it and 49 % without (98 % and
-    # 75 % at strength 0.8).
+    # Guidance scale 3, as the demo's samples. Measured 85 % and 83 %
+    # recognised as the target class (two sampling seeds); 64 % after 4
+    # epochs, and 92 % after 13 (49 % there without guidance). Chance is
+    # 10 %.
     edited = model.generate(
         targets,
         images=images,
@@ -356,7 +357,7 @@ def test_trained_image_to_image_swaps_the_class(digits):
     _, predicted = classify_digits(classifier, edited)
     accuracy = np.mean(predicted == targets)
     print(f"image-to-image at strength 0.6 to another class: {accuracy:.3f}")
-    assert accuracy >= 0.8
+    assert accuracy >= 0.7
 
 
 @pytest.mark.large
@@ -367,7 +368,8 @@ def test_trained_inpainting_keeps_the_class(digits):
     model, classifier, images, labels = digits
     masks = np.zeros(images.shape[:3], bool)
     masks[:, 16:] = True
-    # One run measured 96 % with guidance scale 3 and 91 % without.
+    # Measured 96 % and 97 % (two sampling seeds) with guidance scale 3;
+    # after 13 epochs, 96 % with it and 91 % without.
     edited = model.generate(
         labels,
         images=images,

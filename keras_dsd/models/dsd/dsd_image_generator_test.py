@@ -121,10 +121,20 @@ def trained():
     model = _model(backbone)
     model.compile()
     images, labels = _data()
+    traces = []
+    train_step = model.train_step
+
+    def counting_step(*args):
+        traces.append(1)
+        return train_step(*args)
+
+    model.train_step = counting_step
     history = _fit(model, images, labels)
+    del model.train_step
     return types.SimpleNamespace(
         model=model,
         history=history,
+        traces=len(traces),
         initial=initial,
         images=images,
         labels=labels,
@@ -329,6 +339,9 @@ def test_compile_defaults(trained):
     )
     assert model.jit_compile == (BACKEND != "torch")
     _assert_finite_logs(trained.history)
+    # One step, traced (JAX, TensorFlow) or run (PyTorch) once: TensorFlow
+    # traces twice if the optimizer's variables are created in the step.
+    assert trained.traces == 1
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow only")
