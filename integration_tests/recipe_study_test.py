@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import shutil
+import types
 
 import numpy as np
 import pytest
@@ -13,7 +15,9 @@ STUDY = os.path.join(
 
 # A network far smaller than dsd_tiny: the test checks the bookkeeping.
 SMALL = {
-    "backbone_overrides": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2}
+    "backbone_overrides": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2},
+    # The null label is trained, so that guidance means something.
+    "label_dropout": 0.5,
 }
 CONFIGS = {
     "small": SMALL,
@@ -77,12 +81,16 @@ def test_refuses_a_line_that_is_not_json(tmp_path):
         study.main(study_args(tmp_path, "small", "0"))
 
 
-@pytest.mark.large(except_backend="torch")
-def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One study, shared by the tests that read or extend it: two runs
+    that an earlier (crashed) study recorded, then `train` over both
+    configurations and seeds 0 and 1."""
     study = load_study()
-    path = tmp_path / study.RESULTS_FILE
-    # Finished runs as an earlier (crashed) study would have left them:
-    # they must not be trained again.
+    folder = tmp_path_factory.mktemp("recipe_study")
+    path = folder / study.RESULTS_FILE
+    # Finished runs as an earlier study would have left them: they must
+    # not be trained again. Their saved models are gone.
     finished = [
         {
             "schema": study.SCHEMA,
@@ -92,17 +100,33 @@ def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
                 study.resolve_config(CONFIGS[name]), seed, {"steps": 3}
             ),
             "seed": seed,
+            "budget": {"steps": 3},
             "status": "ok",
+            "preset": f"runs/gone-{name}-{seed}",
+            "evaluations": {},
             "marker": "earlier study",
         }
         for name, seed in (("small", 0), ("diverges", 1))
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in finished))
+    code = study.main(study_args(folder, "diverges,small", "0,1"))
+    return types.SimpleNamespace(
+        module=study, folder=folder, path=path, finished=finished, code=code
+    )
 
-    code = study.main(study_args(tmp_path, "diverges,small", "0,1"))
-    assert code == 0
-    records = read_lines(path)
-    assert records[:2] == finished
+
+def copy_of(study, tmp_path):
+    """A copy of the shared study's folder, for a test that writes."""
+    folder = tmp_path / "study"
+    shutil.copytree(study.folder, folder)
+    return folder
+
+
+@pytest.mark.large(except_backend="torch")
+def test_resumes_without_repeating_and_records_non_finite_runs(study):
+    assert study.code == 0
+    records = read_lines(study.path)
+    assert records[:2] == study.finished
     trained = [(r["name"], r["seed"], r["status"]) for r in records[2:]]
     # The diverging run fails without stopping the study; each
     # configuration trains only the seed it did not have.
@@ -113,23 +137,37 @@ def test_resumes_without_repeating_and_records_non_finite_runs(tmp_path):
     assert run["steps"] == 3
     assert run["budget"] == {"steps": 3}
     assert run["config"]["backbone_overrides"] == SMALL["backbone_overrides"]
+    assert run["config"]["label_dropout"] == 0.5
     assert run["config"]["learning_rate"] is None  # compile()'s optimizer
     assert run["scoring"]["num_train"] == 100  # every 40th of 4,000
     assert run["scoring"]["num_held_out"] == 25  # every 40th of 1,000
     # The real-vs-real floor uses as many real digits as samples (2 x 10).
     assert run["scoring"]["frechet_floor_samples"] == 20
+    # No guidance scale asked for: the unguided sampler only, on the
+    # sampling EMA, the online weights and the teacher.
+    assert sorted(run["evaluations"]) == [
+        "heun16_shift1_unguided",
+        "heun16_shift1_unguided_online",
+        "heun16_shift1_unguided_teacher",
+    ]
     scores = run["evaluations"]["heun16_shift1_unguided"]
     assert scores["nfe"] == 31  # Heun, 16 steps
     # 20 samples: the accuracy is a multiple of 1/20.
     assert scores["class_accuracy"] * 20 == pytest.approx(
         round(scores["class_accuracy"] * 20)
     )
-    assert os.path.isfile(tmp_path / run["preset"] / "task.json")
-    assert os.path.isfile(tmp_path / study.CLASSIFIER_FILE)
+    assert os.path.isfile(study.folder / run["preset"] / "task.json")
+    assert os.path.isfile(study.folder / study.module.CLASSIFIER_FILE)
 
-    # A second pass has nothing left to do and leaves the file as it was.
+
+@pytest.mark.large(except_backend="torch")
+def test_a_finished_study_is_left_as_it_was(study, tmp_path):
+    folder = copy_of(study, tmp_path)
+    path = folder / study.module.RESULTS_FILE
     before = path.read_text()
-    assert study.main(study_args(tmp_path, "diverges,small", "0,1")) == 0
+    # A second pass has nothing left to do.
+    args = study_args(folder, "diverges,small", "0,1")
+    assert study.module.main(args) == 0
     assert path.read_text() == before
 
 
@@ -235,15 +273,16 @@ def test_network_evaluations_count_guided_ones_twice(
 
 
 @pytest.mark.large(except_backend="torch")
-def test_resample_scores_guidance_intervals_of_saved_runs(tmp_path):
-    study = load_study()
-    path = tmp_path / study.RESULTS_FILE
-    config = json.dumps({"small": {**SMALL, "label_dropout": 0.5}})
-    assert study.main(study_args(tmp_path, "small", "0")[:-1] + [config]) == 0
+def test_resample_scores_guidance_intervals_of_saved_runs(
+    study, tmp_path, capsys
+):
+    folder = copy_of(study, tmp_path)
+    path = folder / study.module.RESULTS_FILE
+    trained = read_lines(path)
     common = [
         "resample",
         "--results-dir",
-        str(tmp_path),
+        str(folder),
         "--only",
         "small",
         "--samples-per-class",
@@ -255,15 +294,20 @@ def test_resample_scores_guidance_intervals_of_saved_runs(tmp_path):
         "--num-steps",
         "2",
         "--config-json",
-        config,
+        json.dumps(CONFIGS),
     ]
-    # Another budget than the run's: nothing to score.
-    assert study.main(common + ["--steps", "4"]) == 0
-    assert len(read_lines(path)) == 1
+    # Another budget than the runs': nothing to score.
+    assert study.module.main(common + ["--steps", "4"]) == 0
+    assert read_lines(path) == trained
+    capsys.readouterr()
     args = common + ["--steps", "3", "--guidance-scales", "none,2"]
     args += ["--guidance-intervals", "none,0.5:1"]
-    assert study.main(args) == 0
-    records = read_lines(path)[1:]
+    assert study.module.main(args) == 0
+    # The earlier study's seed 0 has no saved model left: it is named and
+    # skipped. Seed 1 is scored.
+    assert "small seed 0: no saved model at" in capsys.readouterr().out
+    records = read_lines(path)[len(trained) :]
+    assert [r["seed"] for r in records] == [1, 1, 1]
     names = [r["evaluation"] for r in records]
     # The interval applies to the guided scale only.
     assert names == [
@@ -274,5 +318,5 @@ def test_resample_scores_guidance_intervals_of_saved_runs(tmp_path):
     assert [r["scores"]["nfe"] for r in records] == [2, 4, 3]
     assert records[2]["guidance_interval"] == [0.5, 1.0]
     # Run again: everything is scored already.
-    assert study.main(args) == 0
-    assert len(read_lines(path)) == 4
+    assert study.module.main(args) == 0
+    assert len(read_lines(path)) == len(trained) + 3
