@@ -310,7 +310,7 @@ trained_on_jax_only = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def digits():
-    """The digits recipe trained for 6 epochs (840 steps, about 2 minutes
+    """The digits recipe trained for 6 epochs (840 steps, 1-2.5 minutes
     on JAX on a 2-core CPU) on 9 of every 10 digits, the digit classifier
     trained on the same split, and the held-out digits."""
     from keras_dsd import recipes
