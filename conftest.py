@@ -31,6 +31,8 @@ import tempfile
 import keras
 import pytest
 
+_DURATIONS = {}  # test id -> (seconds, outcome), for --durations-file
+
 
 def pytest_addoption(parser):
     parser.addoption(
@@ -56,7 +58,6 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     # The markers themselves are declared in pyproject.toml.
-    config._keras_dsd_durations = {}
     config._keras_dsd_jax_cache = None
     if keras.backend.backend() == "jax" and not os.environ.get(
         "JAX_COMPILATION_CACHE_DIR"
@@ -105,15 +106,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_large)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    durations = item.config._keras_dsd_durations
-    seconds, result = durations.get(report.nodeid, (0.0, "passed"))
+def pytest_runtest_logreport(report):
+    # With pytest-xdist this runs where the reports are gathered, so the
+    # file holds the tests of every worker.
+    seconds, result = _DURATIONS.get(report.nodeid, (0.0, "passed"))
     if report.when == "call" or report.outcome != "passed":
         result = report.outcome if result == "passed" else result
-    durations[report.nodeid] = (seconds + report.duration, result)
+    _DURATIONS[report.nodeid] = (seconds + report.duration, result)
 
 
 def pytest_unconfigure(config):
@@ -124,10 +123,9 @@ def pytest_unconfigure(config):
 
 def pytest_sessionfinish(session):
     path = session.config.getoption("--durations-file")
-    if not path:
-        return
-    durations = session.config._keras_dsd_durations
-    rows = sorted(durations.items(), key=lambda row: -row[1][0])
+    if not path or hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: its reports went to the main process
+    rows = sorted(_DURATIONS.items(), key=lambda row: -row[1][0])
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
